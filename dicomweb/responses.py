@@ -1,0 +1,49 @@
+"""Response helpers: DICOM JSON (gzip when the client accepts it) and the DICOMweb base URL."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pacs.dicom.instance import BASE_URL_TOKEN
+
+PREFIX = "/dicom-web"
+DICOM_JSON = "application/dicom+json"
+_GZIP_MIN_BYTES = 1024
+
+
+def base_url(request: Request) -> str:
+    """The DICOMweb root as the client reached it (used in RetrieveURL and BulkDataURI)."""
+    root = str(request.base_url).rstrip("/")
+    return root if root.endswith(PREFIX) else root + PREFIX
+
+
+def dicom_json_response(
+    request: Request, body: Any, *, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return encoded_json_response(request, data, status_code=status_code, headers=headers)
+
+
+def stored_json_response(request: Request, documents: list[str]) -> Response:
+    """Join stored DICOM JSON documents without parsing them; resolve the base URL token."""
+    text = "[" + ",".join(documents) + "]"
+    data = text.replace(BASE_URL_TOKEN, base_url(request)).encode("utf-8")
+    return encoded_json_response(request, data)
+
+
+def encoded_json_response(
+    request: Request, data: bytes, *, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    out_headers = dict(headers or {})
+    out_headers["Vary"] = "Accept-Encoding"
+    if len(data) >= _GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", ""):
+        # Level 1: series metadata runs to megabytes and speed matters more than the last bytes.
+        data = gzip.compress(data, compresslevel=1, mtime=0)
+        out_headers["Content-Encoding"] = "gzip"
+    return Response(data, status_code=status_code, media_type=DICOM_JSON, headers=out_headers)

@@ -1,0 +1,143 @@
+"""STOW-RS (PS3.18 10.5): stream multipart/related parts to temp files, ingest in batches.
+
+A request body is never held in memory: each part goes straight to a temp file on the data
+volume, and every ``BATCH`` parts are ingested (one index transaction per batch).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb.multipart import PartData, PartEnd, PartStart, boundary_of, iter_parts, parse_content_type
+from dicomweb.responses import base_url, dicom_json_response
+from pacs import errors
+from pacs.ingest import StoreReport
+from pacs.services import Services
+
+BATCH = 32
+DICOM = "application/dicom"
+
+# Failure reasons (PS3.18 10.5.3, codes from PS3.4 Annex B C-STORE statuses).
+FAILURE_REASONS: list[tuple[type[errors.PacsError], int]] = [
+    (errors.DuplicateInstance, 0x0111),
+    (errors.StudyMismatch, 0xA900),
+    (errors.InvalidInput, 0xC000),
+    (errors.Unavailable, 0xA700),
+]
+PROCESSING_FAILURE = 0x0110
+
+
+def failure_reason(exc: errors.PacsError) -> int:
+    for kind, code in FAILURE_REASONS:
+        if isinstance(exc, kind):
+            return code
+    return PROCESSING_FAILURE
+
+
+@dataclass
+class StowRun:
+    services: Services
+    expected_study: str | None
+    reports: list[StoreReport] = field(default_factory=list)
+    pending: list[Path] = field(default_factory=list)
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.reports += await run_in_threadpool(
+            self.services.ingest.store_files, batch, consume=True, expected_study=self.expected_study
+        )
+
+
+async def store(request: Request, services: Services, study: str | None) -> Response:
+    boundary = _request_boundary(request.headers.get("content-type", ""))
+    run = StowRun(services, study)
+    current: Any = None
+    current_path: Path | None = None
+    try:
+        async for event in iter_parts(request.stream(), boundary):
+            if isinstance(event, PartStart):
+                current, current_path = _open_part(services, event.headers, run)
+            elif isinstance(event, PartData) and current is not None:
+                current.write(event.data)
+            elif isinstance(event, PartEnd) and current is not None:
+                current.close()
+                run.pending.append(current_path)  # type: ignore[arg-type]
+                current, current_path = None, None
+                if len(run.pending) >= BATCH:
+                    await run.flush()
+        await run.flush()
+    finally:
+        if current is not None:
+            current.close()
+        for path in run.pending + ([current_path] if current_path else []):
+            path.unlink(missing_ok=True)
+    if not run.reports:
+        raise errors.InvalidInput("the request contains no DICOM instances")
+    return _response(request, run.reports)
+
+
+def _request_boundary(content_type: str) -> str:
+    if not content_type:
+        raise errors.UnsupportedMediaType('Content-Type is missing; send multipart/related; type="application/dicom"')
+    parsed = parse_content_type(content_type)
+    if parsed.media_type != "multipart/related":
+        raise errors.UnsupportedMediaType(
+            f'Content-Type {parsed.media_type} is not supported; send multipart/related; type="application/dicom"'
+        )
+    part_type = parsed.params.get("type", DICOM).lower()
+    if part_type != DICOM:
+        raise errors.UnsupportedMediaType(
+            f"multipart/related type {part_type!r} is not supported; only application/dicom instances are accepted"
+        )
+    return boundary_of(parsed)
+
+
+def _open_part(services: Services, headers: dict[str, str], run: StowRun) -> tuple[Any, Path | None]:
+    """A temp file for the next part, or (None, None) when the part is not application/dicom."""
+    part_type = headers.get("content-type")
+    if part_type and parse_content_type(part_type).media_type != DICOM:
+        error = errors.UnsupportedMediaType(f"part of type {part_type!r} is not application/dicom")
+        run.reports.append(StoreReport(source="part", error=error))
+        return None, None
+    fd, path = services.ingest.temp_file()
+    return os.fdopen(fd, "wb", buffering=1 << 20), path
+
+
+def _response(request: Request, reports: list[StoreReport]) -> Response:
+    root = base_url(request)
+    stored, failed = [], []
+    for report in reports:
+        item: dict[str, Any] = {}
+        if report.sop_class_uid:
+            item["00081150"] = {"vr": "UI", "Value": [report.sop_class_uid]}
+        if report.sop_instance_uid:
+            item["00081155"] = {"vr": "UI", "Value": [report.sop_instance_uid]}
+        if report.error is None:
+            url = f"{root}/studies/{report.study_instance_uid}/series/{report.series_instance_uid}/instances/{report.sop_instance_uid}"
+            item["00081190"] = {"vr": "UR", "Value": [url]}
+            stored.append(item)
+        else:
+            item["00081197"] = {"vr": "US", "Value": [failure_reason(report.error)]}
+            item["00090010"] = {"vr": "LO", "Value": ["minipacs"]}
+            item["00091001"] = {"vr": "LT", "Value": [str(report.error)[:1024]]}  # reason in words
+            failed.append(item)
+    body: dict[str, Any] = {}
+    studies = {r.study_instance_uid for r in reports if r.error is None}
+    if len(studies) == 1:
+        body["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{studies.pop()}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": stored}
+    # PS3.18 Table 10.5.3-1: all stored 200, some failed 202, none stored 409.
+    status = 200 if not failed else 202 if stored else 409
+    return dicom_json_response(request, body, status_code=status)

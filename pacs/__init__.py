@@ -1,0 +1,1 @@
+"""minipacs: the archive core and process wiring."""

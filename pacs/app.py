@@ -1,0 +1,55 @@
+"""build_app(settings) -> Starlette. Services are created once, in the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from dicomweb.errors import EXCEPTION_HANDLERS
+from dicomweb.routes import ROUTES as DICOMWEB_ROUTES
+from pacs.config import Settings
+from pacs.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def build_app(settings: Settings, services: Services | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = services is None
+        app.state.services = services or Services.build(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.services.close()
+
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["Content-Type", "Content-Length", "Warning", "Content-Location"],
+                max_age=600,
+            )
+        )
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Mount("/dicom-web", routes=DICOMWEB_ROUTES),
+    ]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -1,0 +1,144 @@
+"""Settings: the only place that reads the environment or the configuration file.
+
+Precedence, lowest first: built-in defaults, the TOML file (``MINIPACS_CONFIG`` or ``--config``),
+environment variables. Every key of the TOML file is the environment name without the
+``MINIPACS_`` prefix, in lower case (``http_port = 8042``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DUPLICATE_POLICIES = ("keep", "overwrite", "reject")
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./minipacs-data")
+    database_url: str = ""  # empty: SQLite file under data_dir
+    storage_url: str = ""  # empty: folder under data_dir
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8042
+    http_workers: int = 1
+    dicom_port: int = 11112
+    ae_title: str = "MINIPACS"
+    auth: str = "on"
+    cors_origins: tuple[str, ...] = ()
+    qido_default_limit: int = 100
+    qido_max_limit: int = 1000
+    duplicate_policy: str = "keep"
+    log_level: str = "info"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        path = config_file or environ.get("MINIPACS_CONFIG")
+        if path:
+            raw.update(_read_toml(Path(path)))
+        for name, value in environ.items():
+            if name.startswith("MINIPACS_") and name != "MINIPACS_CONFIG":
+                raw[name.removeprefix("MINIPACS_").lower()] = value
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in known:
+                values[key] = _coerce(key, value, known[key].type)
+            else:
+                extra[key] = value
+        settings = cls(**values, extra=extra)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        updated = dataclasses.replace(self, **changes)
+        updated.validate()
+        return updated
+
+    def validate(self) -> None:
+        if self.duplicate_policy not in DUPLICATE_POLICIES:
+            raise ConfigError(
+                f"MINIPACS_DUPLICATE_POLICY must be one of {', '.join(DUPLICATE_POLICIES)}, "
+                f"not {self.duplicate_policy!r}"
+            )
+        if self.auth not in ("on", "off"):
+            raise ConfigError(f"MINIPACS_AUTH must be 'on' or 'off', not {self.auth!r}")
+        if not 0 < self.qido_default_limit <= self.qido_max_limit:
+            raise ConfigError("MINIPACS_QIDO_DEFAULT_LIMIT must be between 1 and MINIPACS_QIDO_MAX_LIMIT")
+        if not 1 <= len(self.ae_title.strip()) <= 16:
+            raise ConfigError("MINIPACS_AE_TITLE must be 1 to 16 characters")
+        for name in ("http_port", "dicom_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"MINIPACS_{name.upper()} must be a TCP port, not {port}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return {key.lower(): value for key, value in tomllib.load(fh).items()}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Turn an environment string (or a TOML value) into the field's type."""
+    kind = str(annotation)
+    try:
+        if kind == "Path":
+            return Path(str(value))
+        if kind == "int":
+            return int(value)
+        if kind.startswith("tuple"):
+            if isinstance(value, (list, tuple)):
+                return tuple(str(v).strip() for v in value if str(v).strip())
+            return tuple(v.strip() for v in str(value).split(",") if v.strip())
+        if kind == "str":
+            if key == "auth" and isinstance(value, bool):
+                return "on" if value else "off"
+            text = str(value).strip()
+            if key == "auth":
+                lowered = text.lower()
+                return "on" if lowered in _TRUE else "off" if lowered in _FALSE else lowered
+            return text.lower() if key in ("duplicate_policy", "log_level") else text
+        if "None" in kind:
+            return str(value) or None
+    except ValueError as exc:
+        raise ConfigError(f"MINIPACS_{key.upper()}: {exc}") from exc
+    return value

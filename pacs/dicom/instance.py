@@ -1,0 +1,252 @@
+"""Read one received object once: validate it, extract index attributes, DICOM JSON and frame layout.
+
+Pixel data is never read here: the header is parsed with ``stop_before_pixels`` and only the
+item headers of encapsulated pixel data are walked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from pacs.dicom.attributes import CATALOGUE, Level, normalize_time
+from pacs.dicom.frames import (
+    PIXEL_TAGS,
+    Layout,
+    LayoutError,
+    encapsulated_layout,
+    native_layout,
+    read_element_header,
+)
+from pacs.errors import InvalidDicom
+
+BASE_URL_TOKEN = "@@BASE@@"  # replaced by the request's DICOMweb root when metadata is served
+BULK_INLINE_LIMIT = 1400  # base64 characters (~1 KiB): larger top-level binary values become BulkDataURIs
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD"}
+
+
+@dataclass
+class ParsedInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    attributes: dict[Level, dict[str, Any]]
+    metadata: dict[str, Any]
+    layout: Layout | None
+    pixel_offset: int | None = None  # value offset of native pixel data (for bulk/7FE00010)
+    pixel_length: int | None = None
+    pixel_tag: int | None = None
+    has_part10_header: bool = True
+    header_bytes: int = 0  # bytes ingest prepends when the file lacks a Part 10 header
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metadata_json(self) -> str:
+        return json.dumps(self.metadata, separators=(",", ":"), ensure_ascii=False)
+
+
+def inspect_instance(path: Path) -> ParsedInstance:
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        ds, has_header = _read_header(fh)
+        ts = _transfer_syntax(ds)
+        uids = _required_uids(ds)
+        parsed = ParsedInstance(
+            **uids,
+            transfer_syntax_uid=ts,
+            attributes=extract_attributes(ds),
+            metadata={},
+            layout=None,
+            has_part10_header=has_header,
+        )
+        if ts != DeflatedExplicitVRLittleEndian:
+            _locate_pixels(fh, ds, ts, size, parsed)
+    parsed.metadata = build_metadata(ds, parsed)
+    return parsed
+
+
+def _read_header(fh: BinaryIO) -> tuple[Dataset, bool]:
+    try:
+        try:
+            return pydicom.dcmread(fh, stop_before_pixels=True), True
+        except InvalidDicomError:
+            fh.seek(0)
+            # A bare dataset (no preamble/meta), as some exporters and DIMSE peers leave them.
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            if len(ds) == 0:
+                raise InvalidDicom("not a DICOM file: no data elements could be read")
+            return ds, False
+    except InvalidDicom:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on damaged input
+        raise InvalidDicom(f"not a readable DICOM file: {exc}") from exc
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = str(getattr(meta, "TransferSyntaxUID", "") or "").strip() if meta else ""
+    if uid:
+        return uid
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _required_uids(ds: Dataset) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        try:
+            value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
+        except Exception as exc:
+            raise InvalidDicom(f"{keyword} cannot be read: {exc}") from exc
+        if not value:
+            raise InvalidDicom(f"{keyword} is missing")
+        if len(value) > 64 or not _UID.fullmatch(value):
+            raise InvalidDicom(f"{keyword} is not a valid UID: {value[:80]!r}")
+        found[_snake_uid(keyword)] = value
+    return found
+
+
+def _snake_uid(keyword: str) -> str:
+    return {
+        "SOPClassUID": "sop_class_uid",
+        "SOPInstanceUID": "sop_instance_uid",
+        "StudyInstanceUID": "study_instance_uid",
+        "SeriesInstanceUID": "series_instance_uid",
+    }[keyword]
+
+
+def extract_attributes(ds: Dataset) -> dict[Level, dict[str, Any]]:
+    """Column values per level, as the index stores them (strings, ints, or None)."""
+    values: dict[Level, dict[str, Any]] = {level: {} for level in Level}
+    request = _first_item(ds, "RequestAttributesSequence")
+    for attr in CATALOGUE:
+        if attr.computed:
+            continue
+        source = request if attr.parent else ds
+        values[attr.level][attr.column] = _column_value(source, attr.keyword, attr.vr) if source else None
+    return values
+
+
+def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    try:
+        seq = ds.get(keyword)
+        return seq[0] if seq else None
+    except Exception:
+        return None
+
+
+def _column_value(ds: Dataset, keyword: str, vr: str) -> Any:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None  # a damaged optional attribute must not reject the whole object
+    if value is None or value == "":
+        return None
+    if vr in ("US", "IS", "UL", "SS", "SL"):
+        try:
+            return int(value if not isinstance(value, (list, tuple)) else value[0])
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    text = str(value).strip().rstrip("\x00")
+    if vr == "TM":
+        return normalize_time(text)
+    return text or None
+
+
+def _locate_pixels(fh: BinaryIO, ds: Dataset, ts: str, size: int, parsed: ParsedInstance) -> None:
+    """The file is positioned just before the pixel data element, if there is one."""
+    start = fh.tell()
+    if start >= size:
+        return
+    implicit = ts == ImplicitVRLittleEndian
+    little = ts != ExplicitVRBigEndian
+    try:
+        tag, _vr, length = read_element_header(fh, implicit=implicit, little=little)
+    except LayoutError:
+        raise InvalidDicom("file is truncated inside the pixel data header") from None
+    if tag not in PIXEL_TAGS:
+        return
+    frames = _int(ds.get("NumberOfFrames"), 1)
+    parsed.pixel_tag = tag
+    if length == 0xFFFFFFFF:
+        try:
+            parsed.layout = encapsulated_layout(
+                fh, frames=frames, little=little, extended_offsets=_extended_offsets(ds)
+            )
+        except LayoutError as exc:
+            raise InvalidDicom(f"damaged encapsulated pixel data: {exc}") from exc
+        return
+    value_at = fh.tell()
+    if value_at + length > size:
+        raise InvalidDicom(f"file is truncated: pixel data needs {length} bytes, {size - value_at} present")
+    parsed.pixel_offset, parsed.pixel_length = value_at, length
+    bits = 32 if tag == 0x7FE00008 else 64 if tag == 0x7FE00009 else _int(ds.get("BitsAllocated"), 0)
+    parsed.layout = native_layout(
+        value_at, length,
+        rows=_int(ds.get("Rows"), 0), columns=_int(ds.get("Columns"), 0),
+        samples=_int(ds.get("SamplesPerPixel"), 1), bits_allocated=bits,
+        frames=frames, little=little,
+    )
+
+
+def _extended_offsets(ds: Dataset) -> list[int] | None:
+    raw = ds.get("ExtendedOffsetTable")
+    if not raw:
+        return None
+    data = bytes(raw)
+    return [int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data) - 7, 8)]
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def build_metadata(ds: Dataset, parsed: ParsedInstance) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2) of the instance; large top-level binary values become
+    BulkDataURIs under the instance's URL (``BASE_URL_TOKEN`` stands for the DICOMweb root)."""
+    metadata = ds.to_json_dict(bulk_data_threshold=1 << 62, suppress_invalid_tags=True)
+    base = instance_url(parsed)
+    for tag, element in metadata.items():
+        inline = element.get("InlineBinary")
+        if inline and len(inline) > BULK_INLINE_LIMIT:
+            del element["InlineBinary"]
+            element["BulkDataURI"] = f"{base}/bulk/{tag}"
+    metadata["00083002"] = {"vr": "UI", "Value": [parsed.transfer_syntax_uid]}
+    if parsed.pixel_tag is not None:
+        vr = _PIXEL_VR.get(parsed.pixel_tag) or (
+            "OB" if parsed.layout is None or parsed.layout["kind"] == "encapsulated"
+            or _int(ds.get("BitsAllocated"), 16) <= 8 else "OW"
+        )
+        tag_hex = f"{parsed.pixel_tag:08X}"
+        metadata[tag_hex] = {"vr": vr, "BulkDataURI": f"{base}/bulk/{tag_hex}"}
+    return dict(sorted(metadata.items()))
+
+
+def instance_url(parsed: ParsedInstance) -> str:
+    return (
+        f"{BASE_URL_TOKEN}/studies/{parsed.study_instance_uid}/series/{parsed.series_instance_uid}"
+        f"/instances/{parsed.sop_instance_uid}"
+    )

@@ -1,0 +1,72 @@
+"""Domain exceptions shared by every protocol edge.
+
+    PacsError
+    ├── InvalidInput              the caller sent something we cannot accept
+    │   ├── InvalidDicom          not DICOM, truncated, or required UIDs missing/invalid
+    │   ├── InvalidQuery          malformed search parameters
+    │   └── StudyMismatch         instance does not belong to the study named in the request
+    ├── NotFound                  no such study / series / instance / frame
+    ├── Conflict                  the request clashes with what is stored
+    │   └── DuplicateInstance     same SOPInstanceUID already stored and policy is "reject"
+    ├── NotAcceptable             we cannot produce any representation the client accepts
+    ├── UnsupportedMediaType      we cannot read the representation the client sent
+    └── Unavailable               a backend (storage or database) is down
+        ├── StorageUnavailable
+        └── DatabaseUnavailable
+
+Protocol codes (HTTP statuses, DIMSE statuses) live in the protocol packages, never here.
+"""
+
+from __future__ import annotations
+
+
+class PacsError(Exception):
+    """Base class of every error the archive reports to a client."""
+
+
+class InvalidInput(PacsError):
+    pass
+
+
+class InvalidDicom(InvalidInput):
+    pass
+
+
+class InvalidQuery(InvalidInput):
+    pass
+
+
+class StudyMismatch(InvalidInput):
+    pass
+
+
+class NotFound(PacsError):
+    pass
+
+
+class Conflict(PacsError):
+    pass
+
+
+class DuplicateInstance(Conflict):
+    pass
+
+
+class NotAcceptable(PacsError):
+    pass
+
+
+class UnsupportedMediaType(PacsError):
+    pass
+
+
+class Unavailable(PacsError):
+    pass
+
+
+class StorageUnavailable(Unavailable):
+    pass
+
+
+class DatabaseUnavailable(Unavailable):
+    pass

@@ -1,0 +1,265 @@
+"""Writes and lookups of the index (searches live in search.py)."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from pacs.dicom.attributes import Level
+from pacs.dicom.frames import Layout
+from pacs.dicom.instance import ParsedInstance
+from pacs.dicom.query import Query
+from pacs.errors import DuplicateInstance, NotFound
+from pacs.index.database import read_transaction, write_transaction
+from pacs.index.schema import instances, patients, series, studies
+from pacs.index.search import run_query
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    ALREADY_STORED = "already stored"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    parsed: ParsedInstance
+    blob_key: str
+    blob_size: int
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    outcome: Outcome
+    obsolete_blob_key: str | None = None  # the blob to delete after commit (duplicate or replaced)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    blob_size: int
+    frame_layout: Layout | None = None
+    pixel_offset: int | None = None
+    pixel_length: int | None = None
+    number_of_frames: int | None = None
+
+
+class IndexRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---- writes -------------------------------------------------------------------------
+    def find_existing(self, sop_instance_uids: Iterable[str]) -> set[str]:
+        uids = list(sop_instance_uids)
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(select(instances.c.sop_instance_uid).where(instances.c.sop_instance_uid.in_(uids)))
+            return {r[0] for r in rows}
+
+    def commit_instances(self, items: list[NewInstance], policy: str) -> list[CommitResult | Exception]:
+        """Index a batch in one transaction; each instance in a savepoint so one duplicate
+        does not undo the others. Returns, per item, its result or the error that refused it."""
+        results: list[CommitResult | Exception] = []
+        with write_transaction(self.engine) as conn:
+            for item in items:
+                try:
+                    try:
+                        with conn.begin_nested():
+                            results.append(self._commit_one(conn, item, policy))
+                    except IntegrityError:
+                        # Another writer indexed the same SOP Instance UID a moment ago.
+                        with conn.begin_nested():
+                            results.append(self._duplicate(conn, item, policy))
+                except DuplicateInstance as exc:
+                    results.append(exc)
+        return results
+
+    def _commit_one(self, conn: Connection, item: NewInstance, policy: str) -> CommitResult:
+        parsed = item.parsed
+        existing = conn.execute(
+            select(instances.c.pk, instances.c.blob_key).where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
+        ).first()
+        if existing is not None:
+            return self._duplicate(conn, item, policy, existing)
+        series_pk = self._series_pk(conn, parsed)
+        conn.execute(instances.insert().values(fit_columns(instances, {"series_pk": series_pk, **_instance_values(item)})))
+        return CommitResult(Outcome.STORED)
+
+    def _duplicate(self, conn: Connection, item: NewInstance, policy: str, existing: Any = None) -> CommitResult:
+        uid = item.parsed.sop_instance_uid
+        if existing is None:
+            existing = conn.execute(
+                select(instances.c.pk, instances.c.blob_key).where(instances.c.sop_instance_uid == uid)
+            ).first()
+        if policy == "reject":
+            raise DuplicateInstance(f"SOP Instance {uid} is already stored")
+        if policy == "keep" or existing is None:
+            return CommitResult(Outcome.ALREADY_STORED, obsolete_blob_key=item.blob_key)
+        series_pk = self._series_pk(conn, item.parsed)
+        conn.execute(
+            update(instances)
+            .where(instances.c.pk == existing.pk)
+            .values(fit_columns(instances, {"series_pk": series_pk, **_instance_values(item)}))
+        )
+        return CommitResult(Outcome.REPLACED, obsolete_blob_key=existing.blob_key)
+
+    def _series_pk(self, conn: Connection, parsed: ParsedInstance) -> int:
+        attrs = parsed.attributes
+        patient = {**attrs[Level.PATIENT]}
+        patient["patient_id"] = patient.get("patient_id") or ""
+        patient["issuer_of_patient_id"] = patient.get("issuer_of_patient_id") or ""
+        patient["patient_name_norm"] = _upper(patient.get("patient_name"))
+        patient_pk = _get_or_create(conn, patients, ("patient_id", "issuer_of_patient_id"), patient)
+        study = {**attrs[Level.STUDY], "study_instance_uid": parsed.study_instance_uid, "patient_pk": patient_pk}
+        study["referring_physician_name_norm"] = _upper(study.get("referring_physician_name"))
+        study_pk = _get_or_create(conn, studies, ("study_instance_uid",), study)
+        serie = {**attrs[Level.SERIES], "series_instance_uid": parsed.series_instance_uid, "study_pk": study_pk}
+        return _get_or_create(conn, series, ("series_instance_uid",), serie)
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
+        """Remove the matching instances (and parents left empty); return their blob keys."""
+        with write_transaction(self.engine) as conn:
+            stmt = _locate_stmt(study_uid, series_uid, sop_uid).with_only_columns(
+                instances.c.pk, instances.c.blob_key, series.c.pk, studies.c.pk, studies.c.patient_pk
+            )
+            rows = conn.execute(stmt).all()
+            if not rows:
+                raise NotFound(_describe(study_uid, series_uid, sop_uid) + " not found")
+            conn.execute(delete(instances).where(instances.c.pk.in_([r[0] for r in rows])))
+            _delete_empty(conn, series, "pk", {r[2] for r in rows}, instances.c.series_pk)
+            _delete_empty(conn, studies, "pk", {r[3] for r in rows}, series.c.study_pk)
+            _delete_empty(conn, patients, "pk", {r[4] for r in rows}, studies.c.patient_pk)
+            return [r[1] for r in rows]
+
+    # ---- lookups ------------------------------------------------------------------------
+    def locate(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[StoredInstance]:
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(_locate_stmt(study_uid, series_uid, sop_uid)).all()
+        if not rows:
+            raise NotFound(_describe(study_uid, series_uid, sop_uid) + " not found")
+        return [
+            StoredInstance(
+                r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid,
+                r.transfer_syntax_uid, r.blob_key, r.blob_size,
+                json.loads(r.frame_layout) if r.frame_layout else None,
+                r.pixel_offset, r.pixel_length, r.number_of_frames,
+            )
+            for r in rows
+        ]
+
+    def metadata(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
+        stmt = _locate_stmt(study_uid, series_uid, sop_uid).with_only_columns(instances.c.metadata_json)
+        with read_transaction(self.engine) as conn:
+            documents = list(conn.execute(stmt).scalars())
+        if not documents:
+            raise NotFound(_describe(study_uid, series_uid, sop_uid) + " not found")
+        return documents
+
+    def search(self, query: Query) -> list[dict[str, Any]]:
+        with read_transaction(self.engine) as conn:
+            return run_query(conn, query)
+
+    def locate_scope(self, study_uid: str, series_uid: str | None = None) -> None:
+        """Raise NotFound unless the study (and series, when given) exists."""
+        stmt = select(studies.c.pk).where(studies.c.study_instance_uid == study_uid)
+        if series_uid is not None:
+            stmt = (
+                select(series.c.pk)
+                .join(studies, series.c.study_pk == studies.c.pk)
+                .where(studies.c.study_instance_uid == study_uid, series.c.series_instance_uid == series_uid)
+            )
+        with read_transaction(self.engine) as conn:
+            if conn.execute(stmt).first() is None:
+                raise NotFound(_describe(study_uid, series_uid, None) + " not found")
+
+    def counts(self) -> dict[str, int]:
+        with read_transaction(self.engine) as conn:
+            return {
+                name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for name, table in (("patients", patients), ("studies", studies), ("series", series), ("instances", instances))
+            }
+
+
+def _instance_values(item: NewInstance) -> dict[str, Any]:
+    parsed = item.parsed
+    return {
+        **parsed.attributes[Level.INSTANCE],
+        "sop_instance_uid": parsed.sop_instance_uid,
+        "sop_class_uid": parsed.sop_class_uid,
+        "transfer_syntax_uid": parsed.transfer_syntax_uid,
+        "blob_key": item.blob_key,
+        "blob_size": item.blob_size,
+        "metadata_json": parsed.metadata_json(),
+        "frame_layout": json.dumps(parsed.layout, separators=(",", ":")) if parsed.layout else None,
+        "pixel_offset": parsed.pixel_offset,
+        "pixel_length": parsed.pixel_length,
+    }
+
+
+def _get_or_create(conn: Connection, table: Table, keys: tuple[str, ...], values: dict[str, Any]) -> int:
+    values = fit_columns(table, values)
+    where = [table.c[k] == values[k] for k in keys]
+    pk = conn.execute(select(table.c.pk).where(*where)).scalar()
+    if pk is not None:
+        return int(pk)
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+    return int(conn.execute(select(table.c.pk).where(*where)).scalar_one())
+
+
+def fit_columns(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """Drop unknown keys and clip over-long strings: files in the wild break VR length limits,
+    and PostgreSQL refuses a value longer than its column."""
+    fitted = {}
+    for key, value in values.items():
+        if key not in table.c:
+            continue
+        length = getattr(table.c[key].type, "length", None)
+        fitted[key] = value[:length] if isinstance(value, str) and length else value
+    return fitted
+
+
+def _upper(value: str | None) -> str | None:
+    return value.upper() if value else None
+
+
+def _locate_stmt(study_uid: str, series_uid: str | None, sop_uid: str | None) -> Any:
+    stmt = (
+        select(
+            studies.c.study_instance_uid, series.c.series_instance_uid, instances.c.sop_instance_uid,
+            instances.c.sop_class_uid, instances.c.transfer_syntax_uid, instances.c.blob_key, instances.c.blob_size,
+            instances.c.frame_layout, instances.c.pixel_offset, instances.c.pixel_length, instances.c.number_of_frames,
+        )
+        .select_from(studies.join(series, series.c.study_pk == studies.c.pk).join(instances, instances.c.series_pk == series.c.pk))
+        .where(studies.c.study_instance_uid == study_uid)
+        .order_by(series.c.series_number, series.c.pk, instances.c.instance_number, instances.c.pk)
+    )
+    if series_uid is not None:
+        stmt = stmt.where(series.c.series_instance_uid == series_uid)
+    if sop_uid is not None:
+        stmt = stmt.where(instances.c.sop_instance_uid == sop_uid)
+    return stmt
+
+
+def _delete_empty(conn: Connection, table: Table, key: str, pks: set[int], child_fk: Any) -> None:
+    still_used = select(child_fk).where(child_fk.in_(pks))
+    conn.execute(delete(table).where(table.c[key].in_(pks), table.c[key].not_in(still_used)))
+
+
+def _describe(study_uid: str, series_uid: str | None, sop_uid: str | None) -> str:
+    if sop_uid:
+        return f"instance {sop_uid} of series {series_uid} in study {study_uid}"
+    if series_uid:
+        return f"series {series_uid} in study {study_uid}"
+    return f"study {study_uid}"

@@ -1,0 +1,182 @@
+"""Compile a Query into SQL and run it: the single place where searches touch the database.
+
+Rows come back as plain dicts keyed by column name, with the computed attributes
+(ModalitiesInStudy, NumberOfStudyRelated*, NumberOfSeriesRelatedInstances) and any extra
+include fields filled in for the page only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, or_, select
+
+from pacs.dicom.attributes import Attribute, Level
+from pacs.dicom.query import Condition, MatchKind, Query
+from pacs.index.schema import TABLES, instances, patients, series, studies
+
+Row = dict[str, Any]
+
+
+def run_query(conn: Connection, query: Query) -> list[Row]:
+    rows = [dict(r._mapping) for r in conn.execute(compile_query(query))]
+    if not rows:
+        return rows
+    if query.level == Level.STUDY or (query.level > Level.STUDY and query.include_parents):
+        _add_study_counts(conn, rows)
+    if query.level >= Level.SERIES:
+        _add_series_counts(conn, rows)
+    if query.include_tags:
+        _add_extra_fields(conn, rows, query.level)
+    return rows
+
+
+def compile_query(query: Query) -> Select:
+    base = TABLES[query.level]
+    joined = _joined_tables(query.level)
+    columns = [t.c[name].label(name) for t in joined for name in t.c.keys() if _returnable(name)]
+    columns.append(base.c.pk.label("_pk"))
+    if query.level >= Level.STUDY:
+        columns.append(studies.c.pk.label("_study_pk"))
+    if query.level >= Level.SERIES:
+        columns.append(series.c.pk.label("_series_pk"))
+    stmt = select(*columns).select_from(_join_chain(query.level))
+    for condition in query.conditions:
+        stmt = stmt.where(condition_sql(condition))
+    stmt = stmt.order_by(base.c.pk).offset(query.offset)
+    if query.limit is not None:
+        stmt = stmt.limit(query.limit)
+    return stmt
+
+
+def _returnable(name: str) -> bool:
+    return name not in ("pk", "metadata_json", "frame_layout", "created_at", "updated_at") and not name.endswith("_pk")
+
+
+def _joined_tables(level: Level) -> list[Any]:
+    return [TABLES[lv] for lv in Level if lv <= level]
+
+
+def _join_chain(level: Level) -> Any:
+    chain: Any = patients
+    if level >= Level.STUDY:
+        chain = chain.join(studies, studies.c.patient_pk == patients.c.pk)
+    if level >= Level.SERIES:
+        chain = chain.join(series, series.c.study_pk == studies.c.pk)
+    if level >= Level.INSTANCE:
+        chain = chain.join(instances, instances.c.series_pk == series.c.pk)
+    return chain
+
+
+def condition_sql(condition: Condition) -> ColumnElement[bool]:
+    attr = condition.attribute
+    if attr.keyword == "ModalitiesInStudy":
+        # Matches when any series of the study has a matching modality (PS3.4 C.6.1.1.5.1).
+        modality = _match(series.c.modality, condition, attr)
+        return exists().where(series.c.study_pk == studies.c.pk, modality)
+    table = TABLES[attr.level]
+    column = table.c[f"{attr.column}_norm"] if attr.vr == "PN" else table.c[attr.column]
+    return _match(column, condition, attr)
+
+
+def _match(column: Any, condition: Condition, attr: Attribute) -> ColumnElement[bool]:
+    values = condition.values
+    if attr.vr == "PN":
+        values = tuple(v.upper() for v in values)
+    if attr.vr in ("IS", "US", "UL", "SS", "SL"):
+        values = tuple(str(int(v)) for v in values)
+        ints = [int(v) for v in values]
+        return column.in_(ints) if condition.kind == MatchKind.LIST else column == ints[0]
+    if condition.kind == MatchKind.LIST:
+        return column.in_(values)
+    if condition.kind == MatchKind.RANGE:
+        low, high = values
+        parts = [column.isnot(None)]
+        if low:
+            parts.append(column >= low)
+        if high:
+            parts.append(column <= high)
+        return and_(*parts)
+    if condition.kind == MatchKind.WILDCARD:
+        pattern = wildcard_to_like(values[0])
+        if condition.fuzzy:
+            return or_(column.like(pattern, escape="\\"), column.like("%^" + pattern, escape="\\"))
+        return column.like(pattern, escape="\\")
+    if condition.fuzzy:
+        # Fuzzy person-name matching: the value starts any name component ("DOE" finds "DOE^JOHN").
+        prefix = wildcard_to_like(values[0]) + "%"
+        return or_(column.like(prefix, escape="\\"), column.like("%^" + prefix, escape="\\"))
+    return column == values[0]
+
+
+def wildcard_to_like(value: str) -> str:
+    """DICOM wildcards to a LIKE pattern: escape LIKE's own metacharacters first."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _add_study_counts(conn: Connection, rows: list[Row]) -> None:
+    keys = sorted({r["_study_pk"] if "_study_pk" in r else r["_pk"] for r in rows})
+    series_count: dict[int, int] = {}
+    modalities: dict[int, set[str]] = defaultdict(set)
+    for study_pk, modality, n in conn.execute(
+        select(series.c.study_pk, series.c.modality, func.count())
+        .where(series.c.study_pk.in_(keys))
+        .group_by(series.c.study_pk, series.c.modality)
+    ):
+        series_count[study_pk] = series_count.get(study_pk, 0) + n
+        if modality:
+            modalities[study_pk].add(modality)
+    instance_count = dict(
+        conn.execute(
+            select(series.c.study_pk, func.count(instances.c.pk))
+            .join(instances, instances.c.series_pk == series.c.pk)
+            .where(series.c.study_pk.in_(keys))
+            .group_by(series.c.study_pk)
+        ).all()
+    )
+    for row in rows:
+        pk = row.get("_study_pk", row["_pk"])
+        row["modalities_in_study"] = sorted(modalities.get(pk, ()))
+        row["number_of_study_related_series"] = series_count.get(pk, 0)
+        row["number_of_study_related_instances"] = instance_count.get(pk, 0)
+
+
+def _add_series_counts(conn: Connection, rows: list[Row]) -> None:
+    keys = sorted({r["_series_pk"] for r in rows})
+    counts = dict(
+        conn.execute(
+            select(instances.c.series_pk, func.count())
+            .where(instances.c.series_pk.in_(keys))
+            .group_by(instances.c.series_pk)
+        ).all()
+    )
+    for row in rows:
+        row["number_of_series_related_instances"] = counts.get(row["_series_pk"], 0)
+
+
+def _add_extra_fields(conn: Connection, rows: list[Row], level: Level) -> None:
+    """Attributes outside the catalogue come from one representative instance per result."""
+    if level == Level.INSTANCE:
+        owner, key = instances.c.pk, "_pk"
+        picks = {r["_pk"]: r["_pk"] for r in rows}
+    else:
+        owner = {Level.PATIENT: patients.c.pk, Level.STUDY: studies.c.pk, Level.SERIES: series.c.pk}[level]
+        key = "_pk"
+        stmt = (
+            select(owner, func.min(instances.c.pk))
+            .select_from(_join_chain(Level.INSTANCE))
+            .where(owner.in_([r["_pk"] for r in rows]))
+            .group_by(owner)
+        )
+        picks = dict(conn.execute(stmt).all())
+    documents = dict(
+        conn.execute(
+            select(instances.c.pk, instances.c.metadata_json).where(instances.c.pk.in_(list(picks.values())))
+        ).all()
+    )
+    for row in rows:
+        text = documents.get(picks.get(row[key], -1))
+        row["_metadata"] = json.loads(text) if text else {}

@@ -1,0 +1,199 @@
+"""Store instances: validate -> write blob durably -> commit the index. Shared by STOW-RS,
+C-STORE and `minipacs import`.
+
+A crash after the blob write and before the commit leaves an unreferenced blob, never a
+half-indexed instance; a success is reported only after both steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+
+from pacs.dicom.instance import ParsedInstance, inspect_instance
+from pacs.errors import DuplicateInstance, InvalidDicom, PacsError, StorageUnavailable, StudyMismatch
+from pacs.index.repository import CommitResult, IndexRepository, NewInstance, Outcome
+from storage.base import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    """What happened to one received object."""
+
+    source: str
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    outcome: Outcome | None = None
+    error: PacsError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class IngestService:
+    def __init__(self, index: IndexRepository, blobs: BlobStore, *, duplicate_policy: str, temp_dir: Path) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.duplicate_policy = duplicate_policy
+        self.temp_dir = temp_dir
+        temp_dir.mkdir(parents=True, exist_ok=True)
+
+    def temp_file(self) -> tuple[int, Path]:
+        """A temp file on the data volume, so the folder store can rename it into place."""
+        fd, name = tempfile.mkstemp(prefix="recv-", suffix=".dcm", dir=self.temp_dir)
+        return fd, Path(name)
+
+    def store_file(self, path: Path, *, consume: bool = False, expected_study: str | None = None) -> StoreReport:
+        return self.store_files([path], consume=consume, expected_study=expected_study)[0]
+
+    def store_files(
+        self, paths: Sequence[Path], *, consume: bool = False, expected_study: str | None = None
+    ) -> list[StoreReport]:
+        """Store a batch; the index is written in one transaction for the whole batch.
+        With ``consume`` the files are moved into storage (or deleted) whatever happens."""
+        reports: list[StoreReport | None] = [None] * len(paths)
+        pending: list[tuple[int, ParsedInstance, Path]] = []
+        try:
+            for i, path in enumerate(paths):
+                parsed, report = self._validate(path, expected_study)
+                if report is not None:
+                    reports[i] = report
+                else:
+                    assert parsed is not None
+                    pending.append((i, parsed, path))
+            self._skip_known_duplicates(pending, reports)
+            written = self._write_blobs(pending, reports, consume)
+            self._commit(written, reports)
+        finally:
+            if consume:
+                for path in paths:
+                    _unlink(path)
+        return [r for r in reports if r is not None]
+
+    def _validate(self, path: Path, expected_study: str | None) -> tuple[ParsedInstance | None, StoreReport | None]:
+        try:
+            parsed = inspect_instance(path)
+        except InvalidDicom as exc:
+            return None, StoreReport(str(path), error=exc)
+        if expected_study and parsed.study_instance_uid != expected_study:
+            error = StudyMismatch(
+                f"StudyInstanceUID {parsed.study_instance_uid} does not match the target study {expected_study}"
+            )
+            return None, _report(path, parsed, error=error)
+        return parsed, None
+
+    def _skip_known_duplicates(self, pending: list[tuple[int, ParsedInstance, Path]], reports: list[StoreReport | None]) -> None:
+        """With keep/reject, a copy we already hold needs no blob write at all."""
+        if self.duplicate_policy == "overwrite" or not pending:
+            return
+        known = self.index.find_existing(p.sop_instance_uid for _, p, _ in pending)
+        for entry in [e for e in pending if e[1].sop_instance_uid in known]:
+            i, parsed, path = entry
+            if self.duplicate_policy == "reject":
+                reports[i] = _report(path, parsed, error=DuplicateInstance(f"SOP Instance {parsed.sop_instance_uid} is already stored"))
+            else:
+                reports[i] = _report(path, parsed, outcome=Outcome.ALREADY_STORED)
+            pending.remove(entry)
+
+    def _write_blobs(
+        self, pending: list[tuple[int, ParsedInstance, Path]], reports: list[StoreReport | None], consume: bool
+    ) -> list[tuple[int, NewInstance, Path]]:
+        written = []
+        for i, parsed, path in pending:
+            try:
+                source, move = path, consume
+                if not parsed.has_part10_header:
+                    source, move = self._with_part10_header(path, parsed), True
+                    parsed = inspect_instance(source)
+                key = blob_key(parsed)
+                try:
+                    size = self.blobs.put_file(key, source, move=move)
+                finally:
+                    if move:
+                        _unlink(source)
+                written.append((i, NewInstance(parsed, key, size), path))
+            except PacsError as exc:
+                reports[i] = _report(path, parsed, error=exc)
+            except OSError as exc:
+                reports[i] = _report(path, parsed, error=StorageUnavailable(f"cannot write to storage: {exc.strerror}"))
+        return written
+
+    def _with_part10_header(self, path: Path, parsed: ParsedInstance) -> Path:
+        """Prefix a bare dataset with preamble and File Meta Information (PS3.10 7.1)."""
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = parsed.sop_class_uid
+        meta.MediaStorageSOPInstanceUID = parsed.sop_instance_uid
+        meta.TransferSyntaxUID = parsed.transfer_syntax_uid
+        fd, target = self.temp_file()
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            out.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(out, meta, enforce_standard=True)
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        return target
+
+    def _commit(self, written: list[tuple[int, NewInstance, Path]], reports: list[StoreReport | None]) -> None:
+        if not written:
+            return
+        try:
+            results: list[CommitResult | Exception] = self.index.commit_instances(
+                [item for _, item, _ in written], self.duplicate_policy
+            )
+        except PacsError as exc:
+            for i, item, path in written:
+                self._discard(item.blob_key)
+                reports[i] = _report(path, item.parsed, error=exc)
+            return
+        for (i, item, path), result in zip(written, results):
+            if isinstance(result, PacsError):
+                self._discard(item.blob_key)
+                reports[i] = _report(path, item.parsed, error=result)
+                continue
+            assert isinstance(result, CommitResult)
+            if result.obsolete_blob_key:
+                self._discard(result.obsolete_blob_key)
+            reports[i] = _report(path, item.parsed, outcome=result.outcome)
+
+    def _discard(self, key: str) -> None:
+        try:
+            self.blobs.delete(key)
+        except PacsError:
+            log.warning("could not delete unreferenced blob %s; it can be removed by hand", key)
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
+        keys = self.index.delete(study_uid, series_uid, sop_uid)
+        for key in keys:
+            self._discard(key)
+        return len(keys)
+
+
+def blob_key(parsed: ParsedInstance) -> str:
+    """Opaque, unique per write: an overwrite never clobbers the blob the index still points at."""
+    return f"{parsed.study_instance_uid}/{parsed.series_instance_uid}/{parsed.sop_instance_uid}.{uuid.uuid4().hex[:12]}.dcm"
+
+
+def _report(path: Path, parsed: ParsedInstance, *, outcome: Outcome | None = None, error: PacsError | None = None) -> StoreReport:
+    return StoreReport(
+        str(path), parsed.sop_class_uid, parsed.sop_instance_uid, parsed.study_instance_uid,
+        parsed.series_instance_uid, outcome, error,
+    )
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

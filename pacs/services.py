@@ -1,0 +1,51 @@
+"""The Services container: built once from Settings, handed to HTTP routes and DIMSE handlers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from pacs.config import Settings
+from pacs.index.database import open_engine
+from pacs.index.migrate import upgrade_database
+from pacs.index.repository import IndexRepository
+from pacs.ingest import IngestService
+from pacs.retrieve import RetrieveService
+from storage import open_blob_store
+from storage.base import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    index: IndexRepository
+    blobs: BlobStore
+    ingest: IngestService
+    retrieve: RetrieveService
+
+    @classmethod
+    def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = open_engine(settings.effective_database_url)
+        if migrate:
+            upgrade_database(engine)
+        blobs = open_blob_store(
+            settings.effective_storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            create_bucket=True,
+        )
+        index = IndexRepository(engine)
+        ingest = IngestService(
+            index, blobs, duplicate_policy=settings.duplicate_policy, temp_dir=settings.data_dir / "tmp"
+        )
+        return cls(settings, engine, index, blobs, ingest, RetrieveService(index, blobs))
+
+    def close(self) -> None:
+        self.blobs.close()
+        self.engine.dispose()

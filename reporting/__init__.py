@@ -1,0 +1,1 @@
+"""Radiology reports (grows in later releases)."""

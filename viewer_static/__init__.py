@@ -1,0 +1,1 @@
+"""Static assets of the embedded viewer (grows in later releases)."""
