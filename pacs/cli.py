@@ -1,0 +1,183 @@
+"""`minipacs serve | import | db upgrade | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from pacs.config import ConfigError, Settings
+
+log = logging.getLogger("minipacs")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings.from_env(config_file=args.config)
+        overrides = {k: v for k, v in (("data_dir", args.data_dir and Path(args.data_dir)),) if v}
+        if overrides:
+            settings = settings.replace(**overrides)
+    except ConfigError as exc:
+        print(f"minipacs: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.handler(settings, args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minipacs", description="A DICOMweb-native mini-PACS.")
+    parser.add_argument("--config", help="TOML configuration file (default: $MINIPACS_CONFIG)")
+    parser.add_argument("--data-dir", help="data folder (default: $MINIPACS_DATA_DIR or ./minipacs-data)")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server (DICOMweb over HTTP)")
+    serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8042)")
+    serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    serve.set_defaults(handler=cmd_serve)
+
+    imp = commands.add_parser("import", help="import DICOM files and folders (recursively)")
+    imp.add_argument("paths", nargs="+", help="files or folders")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(handler=cmd_import)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(title="db commands", metavar="DB_COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="apply schema migrations (Alembic) up to the latest")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    bench = commands.add_parser("bench", help="run the benchmarks (see benchmarks/README.md)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    changes = {k: v for k, v in (("http_host", args.host), ("http_port", args.port), ("http_workers", args.workers)) if v}
+    settings = settings.replace(**changes) if changes else settings
+    from pacs.index.database import open_engine
+    from pacs.index.migrate import upgrade_database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(settings.effective_database_url)
+    upgrade_database(engine)  # once, before any worker starts
+    engine.dispose()
+    _announce(settings)
+    _export(settings)  # worker processes rebuild Settings from the environment
+    uvicorn.run(
+        "pacs.asgi:app",
+        factory=True,
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=settings.http_workers if settings.http_workers > 1 else None,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _announce(settings: Settings) -> None:
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    root = f"http://{host}:{settings.http_port}"
+    print("minipacs is starting", flush=True)
+    print(f"  DICOMweb:  {root}/dicom-web   (QIDO-RS, WADO-RS, STOW-RS)", flush=True)
+    print(f"  Health:    {root}/health", flush=True)
+    print(f"  Index:     {_redact(settings.effective_database_url)}", flush=True)
+    print(f"  Storage:   {settings.effective_storage_url}", flush=True)
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+def _export(settings: Settings) -> None:
+    os.environ["MINIPACS_DATA_DIR"] = str(settings.data_dir.resolve())
+    os.environ["MINIPACS_HTTP_HOST"] = settings.http_host
+    os.environ["MINIPACS_HTTP_PORT"] = str(settings.http_port)
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pacs.services import Services
+
+    files = list(iter_files(args.paths))
+    services = Services.build(settings)
+    outcomes: Counter[str] = Counter()
+    rejected: list[tuple[str, str]] = []
+    try:
+        with tqdm(total=len(files), unit="file", disable=args.quiet, file=sys.stderr) as bar:
+            for start in range(0, len(files), 64):
+                batch = files[start : start + 64]
+                for report in services.ingest.store_files(batch):
+                    if report.error is not None:
+                        rejected.append((report.source, str(report.error)))
+                        outcomes["rejected"] += 1
+                    else:
+                        assert report.outcome is not None
+                        outcomes[report.outcome.value] += 1
+                bar.update(len(batch))
+    finally:
+        services.close()
+    print(
+        f"stored {outcomes['stored'] + outcomes['replaced']}, already present {outcomes['already stored']}, "
+        f"rejected {outcomes['rejected']} (of {len(files)} files)"
+    )
+    for source, reason in rejected:
+        print(f"  rejected {source}: {reason}")
+    return 1 if rejected and not (outcomes["stored"] or outcomes["already stored"] or outcomes["replaced"]) else 0
+
+
+def iter_files(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                for name in sorted(names):
+                    yield Path(root) / name
+        elif path.exists():
+            yield path
+        else:
+            print(f"minipacs: {raw}: no such file or folder", file=sys.stderr)
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.index.database import open_engine
+    from pacs.index.migrate import current_revision, upgrade_database
+
+    engine = open_engine(settings.effective_database_url)
+    try:
+        upgrade_database(engine)
+        print(f"database {_redact(settings.effective_database_url)} is at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        print("minipacs: the benchmarks are not installed with this copy", file=sys.stderr)
+        return 2
+    return int(bench_main(args.bench_args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
