@@ -25,11 +25,11 @@ def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def build_app(settings: Settings, services: Services | None = None) -> Starlette:
+def build_app(settings: Settings, services: Services | None = None, *, migrate: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         owned = services is None
-        app.state.services = services or Services.build(settings)
+        app.state.services = services or Services.build(settings, migrate=migrate)
         try:
             yield
         finally:

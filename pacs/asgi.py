@@ -9,4 +9,5 @@ from pacs.config import Settings
 
 
 def app() -> Starlette:
-    return build_app(Settings.from_env())
+    # `minipacs serve` has migrated the database once before starting the workers.
+    return build_app(Settings.from_env(), migrate=False)

@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"minipacs: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return int(args.handler(settings, args) or 0)
 
 
@@ -96,6 +97,12 @@ def _announce(settings: Settings) -> None:
     print(f"  Health:    {root}/health", flush=True)
     print(f"  Index:     {_redact(settings.effective_database_url)}", flush=True)
     print(f"  Storage:   {settings.effective_storage_url}", flush=True)
+    if settings.http_host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            "  WARNING: user authentication is not part of this version yet; anyone who can reach "
+            f"{settings.http_host}:{settings.http_port} can read and write images. Keep it on a trusted network.",
+            flush=True,
+        )
 
 
 def _redact(url: str) -> str:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what the test suite needs and run all of it. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# The integration suite needs PostgreSQL on 127.0.0.1:5432 (trust auth for user postgres).
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    if ! command -v pg_ctlcluster >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+    fi
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
+    for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+exec python3 -m pytest "$@"
