@@ -68,12 +68,23 @@ class IndexRepository:
             return {r[0] for r in rows}
 
     def commit_instances(self, items: list[NewInstance], policy: str) -> list[CommitResult | Exception]:
-        """Index a batch in one transaction; each instance in a savepoint so one duplicate
-        does not undo the others. Returns, per item, its result or the error that refused it."""
+        """Index a batch in one transaction. Returns, per item, its result or the error that
+        refused it. In a batch each instance gets a savepoint, so one refusal does not undo the
+        others; a lone instance goes without (cheaper) and, if it lost a race with another writer
+        of the same SOP Instance UID, the transaction is simply run again."""
+        try:
+            return self._commit_batch(items, policy, savepoints=len(items) > 1)
+        except IntegrityError:
+            return self._commit_batch(items, policy, savepoints=True)
+
+    def _commit_batch(self, items: list[NewInstance], policy: str, *, savepoints: bool) -> list[CommitResult | Exception]:
         results: list[CommitResult | Exception] = []
         with write_transaction(self.engine) as conn:
             for item in items:
                 try:
+                    if not savepoints:
+                        results.append(self._commit_one(conn, item, policy))
+                        continue
                     try:
                         with conn.begin_nested():
                             results.append(self._commit_one(conn, item, policy))
@@ -115,6 +126,12 @@ class IndexRepository:
         return CommitResult(Outcome.REPLACED, obsolete_blob_key=existing.blob_key)
 
     def _series_pk(self, conn: Connection, parsed: ParsedInstance) -> int:
+        # Common case: the series exists (every instance after the first), one SELECT.
+        pk = conn.execute(
+            select(series.c.pk).where(series.c.series_instance_uid == parsed.series_instance_uid)
+        ).scalar()
+        if pk is not None:
+            return int(pk)
         attrs = parsed.attributes
         patient = {**attrs[Level.PATIENT]}
         patient["patient_id"] = patient.get("patient_id") or ""
