@@ -18,8 +18,22 @@ _GZIP_MIN_BYTES = 1024
 
 
 def base_url(request: Request) -> str:
-    """The DICOMweb root as the client reached it (used in RetrieveURL and BulkDataURI)."""
-    root = str(request.base_url).rstrip("/")
+    """The DICOMweb root as the client reached it (used in RetrieveURL and BulkDataURI).
+
+    MINIPACS_PUBLIC_URL wins when set (reverse proxies). Otherwise the Host header decides;
+    dicomweb-client sends ``Host: 127.0.0.1`` without the port, so a port-less Host with no
+    proxy headers gets the port this server actually listens on.
+    """
+    public = request.app.state.services.settings.public_url if hasattr(request.app.state, "services") else ""
+    if public:
+        return public.rstrip("/") + PREFIX
+    url = request.base_url
+    host = request.headers.get("host", "")
+    server = request.scope.get("server")
+    proxied = any(h in request.headers for h in ("x-forwarded-host", "x-forwarded-proto", "forwarded"))
+    if host and ":" not in host.rsplit("]", 1)[-1] and not proxied and server and server[1] not in (80, 443, None):
+        url = url.replace(port=server[1])
+    root = str(url).rstrip("/")
     return root if root.endswith(PREFIX) else root + PREFIX
 
 

@@ -32,6 +32,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8042
     http_workers: int = 1
+    public_url: str = ""  # e.g. https://pacs.example.org when behind a reverse proxy
     dicom_port: int = 11112
     ae_title: str = "MINIPACS"
     auth: str = "on"

@@ -91,7 +91,7 @@ class S3BlobStore:
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_THRESHOLD,
-            max_concurrency=8,
+            max_concurrency=4,  # 4 x 16 MiB in flight keeps a 2 GB upload well under the memory budget
             use_threads=True,
             # The CRT client, when installed, behaves differently on errors; stay predictable.
             preferred_transfer_client="classic",
