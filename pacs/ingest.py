@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 
 from pacs.dicom.instance import ParsedInstance, inspect_instance
 from pacs.errors import DuplicateInstance, InvalidDicom, PacsError, StorageUnavailable, StudyMismatch
@@ -134,13 +136,13 @@ class IngestService:
     def _with_part10_header(self, path: Path, parsed: ParsedInstance) -> Path:
         """Prefix a bare dataset with preamble and File Meta Information (PS3.10 7.1)."""
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = parsed.sop_class_uid
-        meta.MediaStorageSOPInstanceUID = parsed.sop_instance_uid
-        meta.TransferSyntaxUID = parsed.transfer_syntax_uid
+        meta.MediaStorageSOPClassUID = UID(parsed.sop_class_uid)
+        meta.MediaStorageSOPInstanceUID = UID(parsed.sop_instance_uid)
+        meta.TransferSyntaxUID = UID(parsed.transfer_syntax_uid)
         fd, target = self.temp_file()
         with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
             out.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(out, meta, enforce_standard=True)
+            write_file_meta_info(DicomFileLike(out), meta, enforce_standard=True)
             while chunk := src.read(1 << 20):
                 out.write(chunk)
         return target

@@ -102,10 +102,10 @@ def resolve_attribute_name(name: str) -> tuple[int, str | None]:
     if re.fullmatch(r"[0-9A-Fa-f]{8}", text):
         tag = int(text, 16)
         return tag, keyword_for_tag(tag) or None
-    tag = tag_for_keyword(text)
-    if tag is None:
+    found = tag_for_keyword(text)
+    if found is None:
         raise KeyError(name)
-    return tag, text
+    return found, text
 
 
 def normalize_time(value: str | None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacs.dicom.attributes import BY_TAG, CATALOGUE, Attribute, Level
+from pacs.dicom.attributes import CATALOGUE, Attribute, Level
 from pacs.dicom.query import Query
 
 RETRIEVE_URL = "00081190"
@@ -70,7 +70,9 @@ def render_row(row: dict[str, Any], query: Query, attributes: list[Attribute], b
     extras = row.get("_metadata") or {}
     for tag in query.include_tags:
         key = f"{tag:08X}"
-        if key not in out and tag not in BY_TAG and key in extras:
+        # Anything asked for that the index does not return at this level (SliceThickness, or
+        # a series attribute such as BodyPartExamined on a study search) comes from the file.
+        if key not in out and key in extras:
             out[key] = extras[key]
     out[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(row, query.level, base_url)]}
     out[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}

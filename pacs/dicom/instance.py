@@ -7,6 +7,7 @@ item headers of encapsulated pixel data are walked.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from pacs.dicom.frames import (
     read_element_header,
 )
 from pacs.errors import InvalidDicom
+
+log = logging.getLogger(__name__)
 
 BASE_URL_TOKEN = "@@BASE@@"  # replaced by the request's DICOMweb root when metadata is served
 BULK_INLINE_LIMIT = 1400  # base64 characters (~1 KiB): larger top-level binary values become BulkDataURIs
@@ -68,7 +71,10 @@ def inspect_instance(path: Path) -> ParsedInstance:
         ts = _transfer_syntax(ds)
         uids = _required_uids(ds)
         parsed = ParsedInstance(
-            **uids,
+            sop_class_uid=uids["sop_class_uid"],
+            sop_instance_uid=uids["sop_instance_uid"],
+            study_instance_uid=uids["study_instance_uid"],
+            series_instance_uid=uids["series_instance_uid"],
             transfer_syntax_uid=ts,
             attributes=extract_attributes(ds),
             metadata={},
@@ -77,6 +83,8 @@ def inspect_instance(path: Path) -> ParsedInstance:
         )
         if ts != DeflatedExplicitVRLittleEndian:
             _locate_pixels(fh, ds, ts, size, parsed)
+        else:
+            parsed.pixel_tag = _deflated_pixel_tag(fh)
     parsed.metadata = build_metadata(ds, parsed)
     return parsed
 
@@ -209,6 +217,19 @@ def _locate_pixels(fh: BinaryIO, ds: Dataset, ts: str, size: int, parsed: Parsed
     )
 
 
+def _deflated_pixel_tag(fh: BinaryIO) -> int | None:
+    """Which pixel data element a deflated data set has. Its bytes cannot be located in the
+    compressed stream (frames are cut at request time), but the metadata must still refer to
+    them. pydicom inflates the whole data set in memory to read even its header, so reading it
+    once more, pixels included, costs no more than that."""
+    fh.seek(0)
+    try:
+        ds = pydicom.dcmread(fh, force=True)
+        return next((tag for tag in sorted(PIXEL_TAGS) if tag in ds), None)
+    except Exception as exc:
+        raise InvalidDicom(f"damaged deflated data set: {exc}") from exc
+
+
 def _extended_offsets(ds: Dataset) -> list[int] | None:
     raw = ds.get("ExtendedOffsetTable")
     if not raw:
@@ -227,7 +248,7 @@ def _int(value: Any, default: int) -> int:
 def build_metadata(ds: Dataset, parsed: ParsedInstance) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) of the instance; large top-level binary values become
     BulkDataURIs under the instance's URL (``BASE_URL_TOKEN`` stands for the DICOMweb root)."""
-    metadata = ds.to_json_dict(bulk_data_threshold=1 << 62, suppress_invalid_tags=True)
+    metadata = dataset_json(ds)
     base = instance_url(parsed)
     for tag, element in metadata.items():
         inline = element.get("InlineBinary")
@@ -236,13 +257,32 @@ def build_metadata(ds: Dataset, parsed: ParsedInstance) -> dict[str, Any]:
             element["BulkDataURI"] = f"{base}/bulk/{tag}"
     metadata["00083002"] = {"vr": "UI", "Value": [parsed.transfer_syntax_uid]}
     if parsed.pixel_tag is not None:
+        encapsulated = parsed.layout is not None and parsed.layout["kind"] == "encapsulated"
         vr = _PIXEL_VR.get(parsed.pixel_tag) or (
-            "OB" if parsed.layout is None or parsed.layout["kind"] == "encapsulated"
-            or _int(ds.get("BitsAllocated"), 16) <= 8 else "OW"
+            "OB" if encapsulated or _int(ds.get("BitsAllocated"), 16) <= 8 else "OW"
         )
         tag_hex = f"{parsed.pixel_tag:08X}"
         metadata[tag_hex] = {"vr": vr, "BulkDataURI": f"{base}/bulk/{tag_hex}"}
     return dict(sorted(metadata.items()))
+
+
+def dataset_json(ds: Dataset) -> dict[str, Any]:
+    """pydicom's DICOM JSON, element by element: a value pydicom cannot render is left out on
+    its own. (``to_json_dict(suppress_invalid_tags=True)`` is not used: it switches pydicom's
+    process-wide reading mode to strict while it runs, which drops merely non-conformant values
+    such as UIDs with a leading-zero component, loses a whole sequence for one bad item value,
+    and changes how every other thread parses files meanwhile.)"""
+    rendered: dict[str, Any] = {}
+    for tag in ds.keys():
+        try:
+            element = ds[tag]
+            if element.VR == "SQ":
+                rendered[f"{tag:08X}"] = {"vr": "SQ", "Value": [dataset_json(item) for item in element.value]}
+            else:
+                rendered[f"{tag:08X}"] = element.to_json_dict(None, 1 << 62)
+        except Exception as exc:  # damaged values are the norm in the wild
+            log.info("attribute %08X left out of the metadata: %s", tag, exc)
+    return rendered
 
 
 def instance_url(parsed: ParsedInstance) -> str:

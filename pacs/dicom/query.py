@@ -43,9 +43,11 @@ class Query:
     ignored: tuple[str, ...] = field(default=())  # attributes not supported for matching
 
 
-_DATE = re.compile(r"\d{8}")
-_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
-_DATETIME = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?")
+# re.ASCII: DICOM numbers are ASCII digits (PS3.5 6.2); without it \d also takes "٣" or "²".
+_DATE = re.compile(r"\d{8}", re.ASCII)
+_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", re.ASCII)
+_DATETIME = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,10}")
 
 
 def parse_condition(attribute: Attribute, raw: str, *, fuzzy: bool = False) -> Condition | None:
@@ -74,7 +76,7 @@ def parse_condition(attribute: Attribute, raw: str, *, fuzzy: bool = False) -> C
 def _integer(attribute: Attribute, value: str) -> Condition:
     values = tuple(v.strip() for v in re.split(r"[\\,]", value) if v.strip())
     for item in values:
-        if not re.fullmatch(r"[+-]?\d{1,10}", item):
+        if not _INTEGER.fullmatch(item):
             raise InvalidQuery(f"{attribute.keyword}: not an integer: {item!r}")
     normalised = tuple(str(int(v)) for v in values)
     return Condition(attribute, MatchKind.LIST if len(values) > 1 else MatchKind.SINGLE, normalised)
@@ -111,7 +113,7 @@ def _checked(attribute: Attribute, value: str, *, low_end: bool) -> str:
         return text
     if vr == "TM":
         text = value.replace(":", "")
-        if not _TIME.fullmatch(text) or int(text[:2]) > 23 or (len(text) >= 4 and int(text[2:4]) > 59):
+        if not _TIME.fullmatch(text) or not _valid_time_fields(text):
             raise InvalidQuery(f"{attribute.keyword}: {value!r} is not a time (HHMMSS.FFFFFF)")
         normalised = normalize_time(text) or ""
         # An open-ended upper bound "-1000" must include 10:00:59.999999.
@@ -119,6 +121,12 @@ def _checked(attribute: Attribute, value: str, *, low_end: bool) -> str:
     if not _DATETIME.fullmatch(value):
         raise InvalidQuery(f"{attribute.keyword}: {value!r} is not a datetime")
     return value
+
+
+def _valid_time_fields(text: str) -> bool:
+    """HH 00-23, MM 00-59, SS 00-60 (60 for a leap second, PS3.5 Table 6.2-1)."""
+    limits = (23, 59, 60)
+    return all(int(text[i * 2 : i * 2 + 2]) <= limit for i, limit in enumerate(limits) if len(text) >= i * 2 + 2)
 
 
 def _upper_time(text: str) -> str:

@@ -129,7 +129,7 @@ def _add_study_counts(conn: Connection, rows: list[Row]) -> None:
         series_count[study_pk] = series_count.get(study_pk, 0) + n
         if modality:
             modalities[study_pk].add(modality)
-    instance_count = dict(
+    instance_count: dict[int, int] = dict(
         conn.execute(
             select(series.c.study_pk, func.count(instances.c.pk))
             .join(instances, instances.c.series_pk == series.c.pk)
@@ -138,7 +138,7 @@ def _add_study_counts(conn: Connection, rows: list[Row]) -> None:
         ).all()
     )
     for row in rows:
-        pk = row.get("_study_pk", row["_pk"])
+        pk = int(row["_study_pk"] if "_study_pk" in row else row["_pk"])
         row["modalities_in_study"] = sorted(modalities.get(pk, ()))
         row["number_of_study_related_series"] = series_count.get(pk, 0)
         row["number_of_study_related_instances"] = instance_count.get(pk, 0)
@@ -146,7 +146,7 @@ def _add_study_counts(conn: Connection, rows: list[Row]) -> None:
 
 def _add_series_counts(conn: Connection, rows: list[Row]) -> None:
     keys = sorted({r["_series_pk"] for r in rows})
-    counts = dict(
+    counts: dict[int, int] = dict(
         conn.execute(
             select(instances.c.series_pk, func.count())
             .where(instances.c.series_pk.in_(keys))
