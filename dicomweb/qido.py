@@ -126,7 +126,7 @@ def _non_negative(values: dict[str, str], name: str, default: int) -> int:
     if raw is None or raw.strip() == "":
         return default
     text = raw.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # str.isdigit alone takes "²", which int() refuses
         raise InvalidQuery(f"{name} must be a non-negative integer, not {raw!r}")
     number = int(text)
     if number > _LIMIT_CEILING:
@@ -152,7 +152,8 @@ def search(request: Request, services: Services, level: Level, scope: dict[str, 
     attributes = returned_attributes(parsed.query)
     root = base_url(request)
     body = [render_row(row, parsed.query, attributes, root) for row in rows]
-    headers = {"Warning": "; ".join(f'299 minipacs "{w}"' for w in parsed.warnings)} if parsed.warnings else None
+    # Several warnings form one comma-separated list (RFC 7234 5.5: Warning = 1#warning-value).
+    headers = {"Warning": ", ".join(f'299 minipacs "{w}"' for w in parsed.warnings)} if parsed.warnings else None
     return dicom_json_response(request, body, headers=headers)
 
 

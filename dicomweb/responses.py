@@ -51,12 +51,29 @@ def stored_json_response(request: Request, documents: list[str]) -> Response:
     return encoded_json_response(request, data)
 
 
+def accepts_gzip(header: str) -> bool:
+    """RFC 9110 12.5.3: gzip (or *) with a q value above zero."""
+    weights: dict[str, float] = {}
+    for item in header.split(","):
+        name, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[name.strip().lower()] = q
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
+
+
 def encoded_json_response(
     request: Request, data: bytes, *, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     out_headers = dict(headers or {})
     out_headers["Vary"] = "Accept-Encoding"
-    if len(data) >= _GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", ""):
+    if len(data) >= _GZIP_MIN_BYTES and accepts_gzip(request.headers.get("accept-encoding", "")):
         # Level 1: series metadata runs to megabytes and speed matters more than the last bytes.
         data = gzip.compress(data, compresslevel=1, mtime=0)
         out_headers["Content-Encoding"] = "gzip"

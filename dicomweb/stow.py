@@ -63,18 +63,27 @@ async def store(request: Request, services: Services, study: str | None) -> Resp
     current: Any = None
     current_path: Path | None = None
     try:
-        async for event in iter_parts(request.stream(), boundary):
-            if isinstance(event, PartStart):
-                current, current_path = _open_part(services, event.headers, run)
-            elif isinstance(event, PartData) and current is not None:
-                current.write(event.data)
-            elif isinstance(event, PartEnd) and current is not None:
-                current.close()
-                run.pending.append(current_path)  # type: ignore[arg-type]
-                current, current_path = None, None
-                if len(run.pending) >= BATCH:
-                    await run.flush()
-        await run.flush()
+        try:
+            async for event in iter_parts(request.stream(), boundary):
+                if isinstance(event, PartStart):
+                    current, current_path = _open_part(services, event.headers, run)
+                elif isinstance(event, PartData) and current is not None:
+                    current.write(event.data)
+                elif isinstance(event, PartEnd) and current is not None:
+                    current.close()
+                    run.pending.append(current_path)  # type: ignore[arg-type]
+                    current, current_path = None, None
+                    if len(run.pending) >= BATCH:
+                        await run.flush()
+        except errors.InvalidInput as exc:
+            # The body broke off or is malformed. Parts not yet ingested are dropped; if earlier
+            # batches are already stored, a 400 ("unable to store any instances", PS3.18
+            # 10.5.3) would be untrue, so the answer lists them and reports the damage.
+            if not any(report.ok for report in run.reports):
+                raise
+            run.reports.append(StoreReport(source="request body", error=exc))
+        else:
+            await run.flush()
     finally:
         if current is not None:
             current.close()
@@ -104,12 +113,20 @@ def _request_boundary(content_type: str) -> str:
 def _open_part(services: Services, headers: dict[str, str], run: StowRun) -> tuple[Any, Path | None]:
     """A temp file for the next part, or (None, None) when the part is not application/dicom."""
     part_type = headers.get("content-type")
-    if part_type and parse_content_type(part_type).media_type != DICOM:
+    if part_type and _media_type(part_type) != DICOM:
         error = errors.UnsupportedMediaType(f"part of type {part_type!r} is not application/dicom")
         run.reports.append(StoreReport(source="part", error=error))
         return None, None
     fd, path = services.ingest.temp_file()
     return os.fdopen(fd, "wb", buffering=1 << 20), path
+
+
+def _media_type(value: str) -> str | None:
+    """A part's media type; None when unreadable, which refuses that part alone, not the request."""
+    try:
+        return parse_content_type(value).media_type
+    except errors.UnsupportedMediaType:
+        return None
 
 
 def _response(request: Request, reports: list[StoreReport]) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from starlette.requests import Request
@@ -67,10 +68,10 @@ def retrieve_frames(request: Request, services: Services, study: str, series: st
 
 
 def retrieve_bulk(request: Request, services: Services, study: str, series: str, sop: str, tag: str) -> Response:
-    try:
-        tag_value = int(tag, 16)
-    except ValueError:
-        raise InvalidInput(f"bulk data reference {tag!r} is not an attribute tag") from None
+    # Exactly eight hex digits: int(..., 16) alone also takes "0x10", "1_0" and tags above FFFFFFFF.
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
+        raise InvalidInput(f"bulk data reference {tag!r} is not an attribute tag")
+    tag_value = int(tag, 16)
     stored = services.retrieve.locate(study, series, sop)[0]
     transfer_syntax, chunks = services.retrieve.bulk(stored, tag_value)
     accept = parse_accept(request.headers.get("accept"))
@@ -89,7 +90,7 @@ def parse_frame_list(text: str) -> list[int]:
     numbers: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):  # str.isdigit alone takes "²", which int() refuses
             raise InvalidInput(f"frame list {text!r} must be positive integers separated by commas")
         number = int(part)
         if number < 1:

@@ -18,6 +18,8 @@ from pacs.errors import InvalidInput, NotFound
 from pacs.index.repository import IndexRepository, StoredInstance
 from storage.base import BlobStore
 
+BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}  # bytes swapped per word for big endian
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
@@ -103,12 +105,14 @@ class RetrieveService:
                 return ExplicitVRLittleEndian, [_swapped(chunks, swap) if swap else chunks]
         with self.blobs.open(stored.blob_key) as fh:
             ds = pydicom.dcmread(fh, stop_before_pixels=tag < 0x7FE00000)
-        if tag not in ds:
+        # Only binary values are ever given a BulkDataURI; bytes(value) of a number or a name
+        # would be garbage (bytes(8) is eight zero bytes) or a TypeError.
+        if tag not in ds or ds[tag].VR not in BULK_VRS:
             raise NotFound(f"instance {stored.sop_instance_uid} has no bulk data at {tag:08X}")
         value = ds[tag].value
-        raw = value if isinstance(value, bytes) else bytes(value or b"")
+        raw = bytes(value or b"")
         if not ds.original_encoding[1]:  # big endian: bulk data is always sent little endian
-            raw = _swap_bytes(raw, 2 if ds[tag].VR == "OW" else 4 if ds[tag].VR in ("OF", "OL") else 1)
+            raw = _swap_bytes(raw, _WORD_SIZES.get(ds[tag].VR, 1))
         return ExplicitVRLittleEndian, [iter([raw])]
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -68,6 +69,7 @@ def inspect_instance(path: Path) -> ParsedInstance:
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         ds, has_header = _read_header(fh)
+        read_to = _end_of_last_element(ds)  # before any value is converted
         ts = _transfer_syntax(ds)
         uids = _required_uids(ds)
         parsed = ParsedInstance(
@@ -82,7 +84,7 @@ def inspect_instance(path: Path) -> ParsedInstance:
             has_part10_header=has_header,
         )
         if ts != DeflatedExplicitVRLittleEndian:
-            _locate_pixels(fh, ds, ts, size, parsed)
+            _locate_pixels(fh, ds, ts, size, parsed, read_to)
         else:
             parsed.pixel_tag = _deflated_pixel_tag(fh)
     parsed.metadata = build_metadata(ds, parsed)
@@ -92,18 +94,34 @@ def inspect_instance(path: Path) -> ParsedInstance:
 def _read_header(fh: BinaryIO) -> tuple[Dataset, bool]:
     try:
         try:
-            return pydicom.dcmread(fh, stop_before_pixels=True), True
+            ds, has_header = pydicom.dcmread(fh, stop_before_pixels=True), True
         except InvalidDicomError:
             fh.seek(0)
             # A bare dataset (no preamble/meta), as some exporters and DIMSE peers leave them.
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            ds, has_header = pydicom.dcmread(fh, stop_before_pixels=True, force=True), False
             if len(ds) == 0:
                 raise InvalidDicom("not a DICOM file: no data elements could be read")
-            return ds, False
+        _check_complete(ds)
+        return ds, has_header
     except InvalidDicom:
         raise
     except Exception as exc:  # pydicom raises many kinds on damaged input
         raise InvalidDicom(f"not a readable DICOM file: {exc}") from exc
+
+
+def _check_complete(ds: Dataset) -> None:
+    """pydicom keeps a value cut short by the end of the file as if it were whole (a UID
+    "1.2.8" instead of "1.2.840..."): refuse a file whose last read value is shorter than its
+    declared length. Values are inspected raw, before any conversion."""
+    for tag in ds.keys():
+        element = ds.get_item(tag)
+        raw = getattr(element, "value", None)
+        length = getattr(element, "length", 0)
+        if isinstance(raw, bytes) and length != 0xFFFFFFFF and len(raw) < length:
+            raise InvalidDicom(f"file is truncated inside attribute ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        if isinstance(element.value, pydicom.Sequence):
+            for item in element.value:
+                _check_complete(item)
 
 
 def _transfer_syntax(ds: Dataset) -> str:
@@ -178,16 +196,21 @@ def _column_value(ds: Dataset, keyword: str, vr: str) -> Any:
     text = str(value).strip().rstrip("\x00")
     if vr == "TM":
         return normalize_time(text)
+    if vr == "DA" and len(text) == 10 and text[4] == "." and text[7] == ".":
+        return text.replace(".", "")  # ACR-NEMA dotted dates still appear; index them as YYYYMMDD
     return text or None
 
 
-def _locate_pixels(fh: BinaryIO, ds: Dataset, ts: str, size: int, parsed: ParsedInstance) -> None:
+def _locate_pixels(
+    fh: BinaryIO, ds: Dataset, ts: str, size: int, parsed: ParsedInstance, read_to: int | None
+) -> None:
     """The file is positioned just before the pixel data element, if there is one."""
     start = fh.tell()
-    if start >= size:
-        return
     implicit = ts == ImplicitVRLittleEndian
     little = ts != ExplicitVRBigEndian
+    if start >= size:
+        _check_tail(fh, read_to, size, little=little)
+        return
     try:
         tag, _vr, length = read_element_header(fh, implicit=implicit, little=little)
     except LayoutError:
@@ -228,6 +251,29 @@ def _deflated_pixel_tag(fh: BinaryIO) -> int | None:
         return next((tag for tag in sorted(PIXEL_TAGS) if tag in ds), None)
     except Exception as exc:
         raise InvalidDicom(f"damaged deflated data set: {exc}") from exc
+
+
+def _end_of_last_element(ds: Dataset) -> int | None:
+    """Where the last element read ends in the file (None when unknown: undefined length)."""
+    if not ds:
+        return None
+    last = ds.get_item(max(ds.keys()))
+    length, value_tell = getattr(last, "length", None), getattr(last, "value_tell", None)
+    if length is None or value_tell is None or length == 0xFFFFFFFF:
+        return None
+    return int(value_tell) + int(length)
+
+
+def _check_tail(fh: BinaryIO, read_to: int | None, size: int, *, little: bool) -> None:
+    """pydicom stops silently at a partial element header at the end of a file: a file cut a
+    few bytes into its Pixel Data element would otherwise pass for an object without pixels."""
+    if read_to is None or not 0 < size - read_to < 12:
+        return
+    fh.seek(read_to)
+    tail = fh.read(4)
+    endian = "<" if little else ">"
+    if any(struct.pack(endian + "HH", tag >> 16, tag & 0xFFFF).startswith(tail) for tag in PIXEL_TAGS):
+        raise InvalidDicom("file is truncated inside the pixel data header")
 
 
 def _extended_offsets(ds: Dataset) -> list[int] | None:

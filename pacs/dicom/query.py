@@ -48,6 +48,7 @@ _DATE = re.compile(r"\d{8}", re.ASCII)
 _TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", re.ASCII)
 _DATETIME = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?[0-9]{1,10}")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_condition(attribute: Attribute, raw: str, *, fuzzy: bool = False) -> Condition | None:
@@ -55,11 +56,14 @@ def parse_condition(attribute: Attribute, raw: str, *, fuzzy: bool = False) -> C
     value = raw.strip()
     if value in ("", "*"):
         return None
+    if _CONTROL_CHARACTER.search(value):
+        # No DICOM string value holds them, and PostgreSQL refuses NUL in any text parameter.
+        raise InvalidQuery(f"{attribute.keyword}: control characters are not allowed: {value!r}")
     vr = attribute.vr
     if vr in ("DA", "TM", "DT"):
         return _range_or_single(attribute, value)
     if vr == "UI":
-        uids = tuple(v.strip() for v in re.split(r"[\\,]", value) if v.strip())
+        uids = _split_list(attribute, value)
         if any(not re.fullmatch(r"[0-9.]{1,64}", uid) for uid in uids):
             raise InvalidQuery(f"{attribute.keyword}: not a UID or list of UIDs: {value!r}")
         return Condition(attribute, MatchKind.LIST if len(uids) > 1 else MatchKind.SINGLE, uids)
@@ -68,13 +72,21 @@ def parse_condition(attribute: Attribute, raw: str, *, fuzzy: bool = False) -> C
     if "*" in value or "?" in value:
         return Condition(attribute, MatchKind.WILDCARD, (value,), fuzzy=fuzzy and vr == "PN")
     if vr == "CS" and ("\\" in value or "," in value):
-        values = tuple(v.strip() for v in re.split(r"[\\,]", value) if v.strip())
-        return Condition(attribute, MatchKind.LIST, values)
+        values = _split_list(attribute, value)
+        return Condition(attribute, MatchKind.LIST if len(values) > 1 else MatchKind.SINGLE, values)
     return Condition(attribute, MatchKind.SINGLE, (value,), fuzzy=fuzzy and vr == "PN")
 
 
-def _integer(attribute: Attribute, value: str) -> Condition:
+def _split_list(attribute: Attribute, value: str) -> tuple[str, ...]:
+    """Values separated by backslashes (PS3.4 C.2.2.2.2) or commas (PS3.18 8.3.4.1)."""
     values = tuple(v.strip() for v in re.split(r"[\\,]", value) if v.strip())
+    if not values:
+        raise InvalidQuery(f"{attribute.keyword}: a list needs at least one value: {value!r}")
+    return values
+
+
+def _integer(attribute: Attribute, value: str) -> Condition:
+    values = _split_list(attribute, value)
     for item in values:
         if not _INTEGER.fullmatch(item):
             raise InvalidQuery(f"{attribute.keyword}: not an integer: {item!r}")

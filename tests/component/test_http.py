@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -75,3 +76,27 @@ def test_public_url_is_used_in_retrieve_urls(sqlite_settings: Settings) -> None:
         answer = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).json()
         url = answer["00081199"]["Value"][0]["00081190"]["Value"][0]
         assert url.startswith("https://pacs.example.org/dicom-web/studies/")
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("gzip, deflate", True), ("gzip;q=0", False), ("*", True), ("", False), ("identity", False), ("*, gzip;q=0", False)],
+)
+def test_accept_encoding_weights_decide_gzip(header: str, expected: bool) -> None:
+    from dicomweb.responses import accepts_gzip
+
+    assert accepts_gzip(header) is expected
+
+
+def test_dotted_dates_are_indexed_as_plain_dates(plain_client: TestClient) -> None:
+    from tests.support.factories import make_ct, stow_body
+
+    ds = make_ct()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom notes the VR breach, as intended
+        ds.StudyDate = "2024.01.15"  # old ACR-NEMA form, still found in the wild
+        body, content_type = stow_body([ds])
+        stored = plain_client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert stored.status_code == 200
+    found = plain_client.get("/dicom-web/studies", params={"StudyDate": "20240101-20240131"}).json()
+    assert [s["00080020"]["Value"] for s in found] == [["20240115"]]
