@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacs.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from pacs.dimse.server import DicomServer
+    from pacs.index.remote_aes import RemoteAERepository
 
 log = logging.getLogger("minipacs")
 
@@ -19,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
+        # `minipacs db` alone shows the db commands, not the top-level help.
+        getattr(args, "help_parser", parser).print_help()
         return 2
     try:
         settings = Settings.from_env(config_file=args.config)
@@ -40,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="data folder (default: $MINIPACS_DATA_DIR or ./minipacs-data)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the server (DICOMweb over HTTP)")
+    serve = commands.add_parser("serve", help="run the server (DICOMweb over HTTP and the DICOM listener)")
     serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8042)")
     serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+    serve.add_argument("--no-dicom", action="store_true", help="do not start the DICOM listener")
     serve.set_defaults(handler=cmd_serve)
 
     imp = commands.add_parser("import", help="import DICOM files and folders (recursively)")
@@ -52,9 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=cmd_import)
 
     db = commands.add_parser("db", help="database maintenance")
+    db.set_defaults(help_parser=db)
     db_commands = db.add_subparsers(title="db commands", metavar="DB_COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="apply schema migrations (Alembic) up to the latest")
     upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    ae = commands.add_parser("ae", help="remote DICOM application entities (C-MOVE destinations, allowlist)")
+    ae.set_defaults(help_parser=ae)
+    ae_commands = ae.add_subparsers(title="ae commands", metavar="AE_COMMAND")
+    ae_add = ae_commands.add_parser("add", help="add a remote AE")
+    ae_add.add_argument("name", help="AE title (1-16 characters)")
+    ae_add.add_argument("host", help="host name or address")
+    ae_add.add_argument("port", type=int, help="DICOM port")
+    ae_add.set_defaults(handler=cmd_ae_add)
+    ae_list = ae_commands.add_parser("list", help="list remote AEs (stored and configured)")
+    ae_list.set_defaults(handler=cmd_ae_list)
+    ae_remove = ae_commands.add_parser("remove", help="remove a stored remote AE")
+    ae_remove.add_argument("name", help="AE title")
+    ae_remove.set_defaults(handler=cmd_ae_remove)
 
     bench = commands.add_parser("bench", help="run the benchmarks (see benchmarks/README.md)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")
@@ -65,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    changes = {k: v for k, v in (("http_host", args.host), ("http_port", args.port), ("http_workers", args.workers)) if v}
+    options = (("http_host", args.host), ("http_port", args.port), ("http_workers", args.workers),
+               ("dicom_port", args.dicom_port))
+    changes: dict[str, object] = {k: v for k, v in options if v is not None}
+    if args.no_dicom:
+        changes["dicom_enabled"] = False
     settings = settings.replace(**changes) if changes else settings
     from pacs.index.database import open_engine
     from pacs.index.migrate import upgrade_database
@@ -74,27 +102,47 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     engine = open_engine(settings.effective_database_url)
     upgrade_database(engine)  # once, before any worker starts
     engine.dispose()
-    _announce(settings)
+    dicom = _start_dicom(settings)
+    _announce(settings, dicom_port=dicom.port if dicom else None)
     _export(settings)  # worker processes rebuild Settings from the environment
-    uvicorn.run(
-        "pacs.asgi:app",
-        factory=True,
-        host=settings.http_host,
-        port=settings.http_port,
-        workers=settings.http_workers if settings.http_workers > 1 else None,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    try:
+        uvicorn.run(
+            "pacs.asgi:app",
+            factory=True,
+            host=settings.http_host,
+            port=settings.http_port,
+            workers=settings.http_workers if settings.http_workers > 1 else None,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if dicom is not None:
+            dicom.stop()
+            dicom.services.close()
     return 0
 
 
-def _announce(settings: Settings) -> None:
+def _start_dicom(settings: Settings) -> DicomServer | None:
+    """The DICOM listener runs in this (supervising) process, beside the HTTP workers."""
+    if not settings.dicom_enabled:
+        return None
+    from pacs.dimse.server import DicomServer
+    from pacs.services import Services
+
+    server = DicomServer(settings, Services.build(settings, migrate=False))
+    server.start()
+    return server
+
+
+def _announce(settings: Settings, *, dicom_port: int | None) -> None:
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     root = f"http://{host}:{settings.http_port}"
     print("minipacs is starting", flush=True)
     print(f"  DICOMweb:  {root}/dicom-web   (QIDO-RS, WADO-RS, STOW-RS)", flush=True)
     print(f"  Health:    {root}/health", flush=True)
+    if dicom_port is not None:
+        print(f"  DICOM:     {settings.ae_title} on {settings.dicom_host}:{dicom_port}   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)", flush=True)
     print(f"  Index:     {_redact(settings.effective_database_url)}", flush=True)
     print(f"  Storage:   {settings.effective_storage_url}", flush=True)
     if settings.http_host not in ("127.0.0.1", "localhost", "::1"):
@@ -175,6 +223,57 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def cmd_ae_add(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.errors import PacsError
+    from pacs.index.remote_aes import validated
+
+    with _remote_aes(settings) as repository:
+        try:
+            repository.add(validated(args.name, args.host, args.port))
+        except PacsError as exc:
+            print(f"minipacs: {exc}", file=sys.stderr)
+            return 1
+    print(f"added {args.name} at {args.host}:{args.port}")
+    return 0
+
+
+def cmd_ae_list(settings: Settings, args: argparse.Namespace) -> int:
+    with _remote_aes(settings) as repository:
+        entries = repository.all()
+    for entry in entries:
+        print(f"{entry.ae_title:<16} {entry.host}:{entry.port}")
+    if not entries:
+        print("no remote AEs; add one with: minipacs ae add NAME HOST PORT")
+    return 0
+
+
+def cmd_ae_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.errors import PacsError
+
+    with _remote_aes(settings) as repository:
+        try:
+            repository.remove(args.name)
+        except PacsError as exc:
+            print(f"minipacs: {exc}", file=sys.stderr)
+            return 1
+    print(f"removed {args.name}")
+    return 0
+
+
+@contextlib.contextmanager
+def _remote_aes(settings: Settings) -> Iterator[RemoteAERepository]:
+    from pacs.index.database import open_engine
+    from pacs.index.migrate import upgrade_database
+    from pacs.index.remote_aes import RemoteAERepository, parse_remote_aes
+
+    engine = open_engine(settings.effective_database_url)
+    try:
+        upgrade_database(engine)
+        yield RemoteAERepository(engine, parse_remote_aes(settings.remote_aes))
+    finally:
+        engine.dispose()
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:

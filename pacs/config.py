@@ -35,6 +35,15 @@ class Settings:
     public_url: str = ""  # e.g. https://pacs.example.org when behind a reverse proxy
     dicom_port: int = 11112
     ae_title: str = "MINIPACS"
+    dicom_host: str = "127.0.0.1"
+    dicom_enabled: bool = True
+    dicom_max_associations: int = 25
+    dicom_max_pdu: int = 262144  # bytes; larger PDUs mean fewer fragments per instance
+    dicom_acse_timeout: int = 30  # seconds
+    dicom_dimse_timeout: int = 60
+    dicom_network_timeout: int = 120
+    dicom_allowlist: bool = False  # when on, only calling AE titles of known remote AEs may associate
+    remote_aes: str = ""  # NAME@HOST:PORT,... (also `minipacs ae add`)
     auth: str = "on"
     cors_origins: tuple[str, ...] = ()
     qido_default_limit: int = 100
@@ -79,6 +88,9 @@ class Settings:
                 values[key] = _coerce(key, value, known[key].type)
             else:
                 extra[key] = value
+        if "qido_max_limit" in values and "qido_default_limit" not in values:
+            # Only the ceiling was set: the default page size follows it down.
+            values["qido_default_limit"] = min(cls.qido_default_limit, values["qido_max_limit"])
         settings = cls(**values, extra=extra)
         settings.validate()
         return settings
@@ -96,10 +108,23 @@ class Settings:
             )
         if self.auth not in ("on", "off"):
             raise ConfigError(f"MINIPACS_AUTH must be 'on' or 'off', not {self.auth!r}")
+        if self.qido_max_limit < 1:
+            raise ConfigError(f"MINIPACS_QIDO_MAX_LIMIT must be at least 1, not {self.qido_max_limit}")
         if not 0 < self.qido_default_limit <= self.qido_max_limit:
             raise ConfigError("MINIPACS_QIDO_DEFAULT_LIMIT must be between 1 and MINIPACS_QIDO_MAX_LIMIT")
         if not 1 <= len(self.ae_title.strip()) <= 16:
             raise ConfigError("MINIPACS_AE_TITLE must be 1 to 16 characters")
+        if self.remote_aes:
+            from pacs.errors import InvalidInput
+            from pacs.index.remote_aes import parse_remote_aes
+
+            try:
+                parse_remote_aes(self.remote_aes)
+            except InvalidInput as exc:
+                raise ConfigError(f"MINIPACS_REMOTE_AES: {exc}") from None
+        for name in ("dicom_max_associations", "dicom_acse_timeout", "dicom_dimse_timeout", "dicom_network_timeout"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"MINIPACS_{name.upper()} must be at least 1")
         for name in ("http_port", "dicom_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
@@ -124,7 +149,16 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     try:
         if kind == "Path":
             return Path(str(value))
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ConfigError(f"MINIPACS_{key.upper()} must be on or off, not {value!r}")
+            return lowered in _TRUE
         if kind == "int":
+            if isinstance(value, bool) or not str(value).strip().lstrip("+-").isdigit():
+                raise ConfigError(f"MINIPACS_{key.upper()} must be an integer, not {value!r}")
             return int(value)
         if kind.startswith("tuple"):
             if isinstance(value, (list, tuple)):
@@ -140,6 +174,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return text.lower() if key in ("duplicate_policy", "log_level") else text
         if "None" in kind:
             return str(value) or None
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"MINIPACS_{key.upper()}: {exc}") from exc
     return value

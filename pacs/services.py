@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from pacs.config import Settings
 from pacs.index.database import open_engine
 from pacs.index.migrate import upgrade_database
+from pacs.index.remote_aes import RemoteAERepository, parse_remote_aes
 from pacs.index.repository import IndexRepository
 from pacs.ingest import IngestService
 from pacs.retrieve import RetrieveService
@@ -27,6 +28,7 @@ class Services:
     blobs: BlobStore
     ingest: IngestService
     retrieve: RetrieveService
+    remote_aes: RemoteAERepository
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -44,7 +46,8 @@ class Services:
         ingest = IngestService(
             index, blobs, duplicate_policy=settings.duplicate_policy, temp_dir=settings.data_dir / "tmp"
         )
-        return cls(settings, engine, index, blobs, ingest, RetrieveService(index, blobs))
+        remote_aes = RemoteAERepository(engine, parse_remote_aes(settings.remote_aes))
+        return cls(settings, engine, index, blobs, ingest, RetrieveService(index, blobs), remote_aes)
 
     def close(self) -> None:
         self.blobs.close()

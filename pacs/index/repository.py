@@ -16,10 +16,10 @@ from pacs.dicom.attributes import Level
 from pacs.dicom.frames import Layout
 from pacs.dicom.instance import ParsedInstance
 from pacs.dicom.query import Query
-from pacs.errors import DuplicateInstance, NotFound
+from pacs.errors import DuplicateInstance, NotFound, StudyMismatch
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import instances, patients, series, studies
-from pacs.index.search import run_query
+from pacs.index.search import compile_query, run_query
 
 
 class Outcome(enum.Enum):
@@ -92,14 +92,15 @@ class IndexRepository:
                         # Another writer indexed the same SOP Instance UID a moment ago.
                         with conn.begin_nested():
                             results.append(self._duplicate(conn, item, policy))
-                except DuplicateInstance as exc:
+                except (DuplicateInstance, StudyMismatch) as exc:
                     results.append(exc)
         return results
 
     def _commit_one(self, conn: Connection, item: NewInstance, policy: str) -> CommitResult:
         parsed = item.parsed
         existing = conn.execute(
-            select(instances.c.pk, instances.c.blob_key).where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
+            select(instances.c.pk, instances.c.blob_key, instances.c.series_pk)
+            .where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
         ).first()
         if existing is not None:
             return self._duplicate(conn, item, policy, existing)
@@ -111,7 +112,7 @@ class IndexRepository:
         uid = item.parsed.sop_instance_uid
         if existing is None:
             existing = conn.execute(
-                select(instances.c.pk, instances.c.blob_key).where(instances.c.sop_instance_uid == uid)
+                select(instances.c.pk, instances.c.blob_key, instances.c.series_pk).where(instances.c.sop_instance_uid == uid)
             ).first()
         if policy == "reject":
             raise DuplicateInstance(f"SOP Instance {uid} is already stored")
@@ -123,15 +124,28 @@ class IndexRepository:
             .where(instances.c.pk == existing.pk)
             .values(fit_columns(instances, {"series_pk": series_pk, **_instance_values(item)}))
         )
+        if existing.series_pk != series_pk:
+            # The new copy names another series: the old one may be left empty.
+            _delete_empty_ancestors(conn, existing.series_pk)
         return CommitResult(Outcome.REPLACED, obsolete_blob_key=existing.blob_key)
 
     def _series_pk(self, conn: Connection, parsed: ParsedInstance) -> int:
         # Common case: the series exists (every instance after the first), one SELECT.
-        pk = conn.execute(
-            select(series.c.pk).where(series.c.series_instance_uid == parsed.series_instance_uid)
-        ).scalar()
-        if pk is not None:
-            return int(pk)
+        found = _find_series(conn, parsed.series_instance_uid)
+        if found is None:
+            self._create_series(conn, parsed)
+            found = _find_series(conn, parsed.series_instance_uid)
+            assert found is not None
+        if found.study_instance_uid != parsed.study_instance_uid:
+            # A series belongs to one study; filed under another, the instance could not be
+            # reached by the URL its own StudyInstanceUID gives.
+            raise StudyMismatch(
+                f"series {parsed.series_instance_uid} belongs to study {found.study_instance_uid}, "
+                f"not to study {parsed.study_instance_uid}"
+            )
+        return int(found.pk)
+
+    def _create_series(self, conn: Connection, parsed: ParsedInstance) -> None:
         attrs = parsed.attributes
         patient = {**attrs[Level.PATIENT]}
         patient["patient_id"] = patient.get("patient_id") or ""
@@ -142,7 +156,7 @@ class IndexRepository:
         study["referring_physician_name_norm"] = _upper(study.get("referring_physician_name"))
         study_pk = _get_or_create(conn, studies, ("study_instance_uid",), study)
         serie = {**attrs[Level.SERIES], "series_instance_uid": parsed.series_instance_uid, "study_pk": study_pk}
-        return _get_or_create(conn, series, ("series_instance_uid",), serie)
+        _get_or_create(conn, series, ("series_instance_uid",), serie)
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         """Remove the matching instances (and parents left empty); return their blob keys."""
@@ -199,6 +213,19 @@ class IndexRepository:
         with read_transaction(self.engine) as conn:
             if conn.execute(stmt).first() is None:
                 raise NotFound(_describe(study_uid, series_uid, None) + " not found")
+
+    def locate_matching(self, query: Query) -> list[StoredInstance]:
+        """Instances selected by an instance-level query (C-MOVE/C-GET), without counting."""
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(compile_query(query)).mappings().all()
+        return [
+            StoredInstance(
+                r["study_instance_uid"], r["series_instance_uid"], r["sop_instance_uid"], r["sop_class_uid"],
+                r["transfer_syntax_uid"], r["blob_key"], r["blob_size"],
+                None, r["pixel_offset"], r["pixel_length"], r["number_of_frames"],
+            )
+            for r in rows
+        ]
 
     def counts(self) -> dict[str, int]:
         with read_transaction(self.engine) as conn:
@@ -267,6 +294,25 @@ def _locate_stmt(study_uid: str, series_uid: str | None, sop_uid: str | None) ->
     if sop_uid is not None:
         stmt = stmt.where(instances.c.sop_instance_uid == sop_uid)
     return stmt
+
+
+def _find_series(conn: Connection, series_uid: str) -> Any:
+    return conn.execute(
+        select(series.c.pk, studies.c.study_instance_uid)
+        .join(studies, series.c.study_pk == studies.c.pk)
+        .where(series.c.series_instance_uid == series_uid)
+    ).first()
+
+
+def _delete_empty_ancestors(conn: Connection, series_pk: int) -> None:
+    study_pk, patient_pk = conn.execute(
+        select(series.c.study_pk, studies.c.patient_pk)
+        .join(studies, series.c.study_pk == studies.c.pk)
+        .where(series.c.pk == series_pk)
+    ).one()
+    _delete_empty(conn, series, "pk", {series_pk}, instances.c.series_pk)
+    _delete_empty(conn, studies, "pk", {study_pk}, series.c.study_pk)
+    _delete_empty(conn, patients, "pk", {patient_pk}, studies.c.patient_pk)
 
 
 def _delete_empty(conn: Connection, table: Table, key: str, pks: set[int], child_fk: Any) -> None:

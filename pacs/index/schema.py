@@ -101,6 +101,15 @@ instances = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+remote_aes = Table(
+    "remote_aes",
+    metadata,
+    Column("ae_title", String(16), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 Index("ix_patients_patient_name_norm", patients.c.patient_name_norm)
 Index("ix_patients_patient_birth_date", patients.c.patient_birth_date)
 Index("ix_studies_study_date", studies.c.study_date)

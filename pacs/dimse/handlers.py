@@ -1,0 +1,173 @@
+"""Thin DIMSE handlers over the shared services. Each translates an event into a service call
+and the outcome into a status; the handler-binding table is in server.py."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from pacs import errors
+from pacs.dimse import status
+from pacs.dimse.identifiers import PATIENT_ROOT, STUDY_ROOT, identifier_from_row, query_from_identifier, retrieve_query
+from pacs.index.repository import StoredInstance
+from pacs.services import Services
+
+log = logging.getLogger("pacs.dimse")
+_PATIENT_ROOT = {
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+}
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+def peer(event: Event) -> str:
+    info = event.assoc.requestor
+    return f"{info.ae_title}@{info.address}:{info.port}"
+
+
+def set_nodelay(event: Event) -> None:
+    """Without TCP_NODELAY every DIMSE exchange waits on a delayed ACK (~40 ms)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def log_association(event: Event) -> None:
+    outcome = {"EVT_ACCEPTED": "accepted", "EVT_REJECTED": "rejected", "EVT_RELEASED": "released",
+               "EVT_ABORTED": "aborted"}.get(event.event.name, event.event.name)
+    log.info("association %s: %s (called %s)", outcome, peer(event), event.assoc.acceptor.ae_title)
+
+
+def handle_echo(event: Event) -> int:
+    log.info("C-ECHO from %s", peer(event))
+    return status.SUCCESS
+
+
+def handle_store(event: Event, services: Services) -> int:
+    report = services.ingest.store_file(event.dataset_path, consume=True)
+    if report.error is not None:
+        code = status.status_for(report.error, service="store")
+        log.warning("C-STORE from %s refused (0x%04X): %s", peer(event), code, report.error)
+        return code
+    log.info("C-STORE from %s: %s %s", peer(event), report.sop_instance_uid, report.outcome.value if report.outcome else "")
+    return status.SUCCESS
+
+
+def _model(event: Event) -> str:
+    return PATIENT_ROOT if event.request.AffectedSOPClassUID in _PATIENT_ROOT else STUDY_ROOT
+
+
+def handle_find(event: Event, services: Services) -> Iterator[tuple[int, Dataset | None]]:
+    try:
+        identifier = event.identifier
+        query = query_from_identifier(identifier, _model(event))
+        rows = services.index.search(query)
+    except errors.PacsError as exc:
+        log.warning("C-FIND from %s refused: %s", peer(event), exc)
+        yield status.status_for(exc, service="query"), None
+        return
+    except Exception as exc:  # an identifier pydicom cannot decode
+        log.warning("C-FIND from %s: unreadable identifier: %s", peer(event), exc)
+        yield status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
+        return
+    log.info("C-FIND from %s at %s level: %d match(es)", peer(event), identifier.QueryRetrieveLevel, len(rows))
+    ae_title = services.settings.ae_title
+    for row in rows:
+        if event.is_cancelled:
+            yield status.CANCEL, None
+            return
+        yield status.PENDING, identifier_from_row(row, identifier, query.level, ae_title)
+
+
+def _instances(event: Event, services: Services) -> list[StoredInstance]:
+    return services.index.locate_matching(retrieve_query(event.identifier, _model(event)))
+
+
+def handle_get(event: Event, services: Services) -> Iterator[Any]:
+    try:
+        stored = _instances(event, services)
+    except errors.PacsError as exc:
+        log.warning("C-GET from %s refused: %s", peer(event), exc)
+        yield 1  # pynetdicom reads a failure status only after a sub-operation count
+        yield status.status_for(exc, service="query"), None
+        return
+    log.info("C-GET from %s: %d instance(s)", peer(event), len(stored))
+    yield len(stored)
+    yield from _send(event, services, stored)
+
+
+def handle_move(event: Event, services: Services) -> Iterator[Any]:
+    destination = services.remote_aes.find(str(event.move_destination).strip())
+    if destination is None:
+        log.warning("C-MOVE from %s to unknown destination %r", peer(event), event.move_destination)
+        yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+        return
+    try:
+        stored = _instances(event, services)
+    except errors.PacsError as exc:
+        log.warning("C-MOVE from %s refused: %s", peer(event), exc)
+        # pynetdicom reports a failure only after associating with the destination; keep that
+        # association minimal (Verification only).
+        yield destination.host, destination.port, {"contexts": [build_context(Verification)]}
+        yield 1
+        yield status.status_for(exc, service="query"), None
+        return
+    contexts = _contexts_for(stored)
+    yield destination.host, destination.port, {
+        "contexts": contexts,
+        "ae_title": destination.ae_title,
+        "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
+    }
+    log.info("C-MOVE from %s to %s: %d instance(s)", peer(event), destination.ae_title, len(stored))
+    yield len(stored)
+    yield from _send(event, services, stored)
+
+
+def _contexts_for(stored: list[StoredInstance]) -> list[Any]:
+    """One context per SOP class and stored syntax (compressed syntaxes each alone, see NOTES),
+    plus Explicit/Implicit LE for uncompressed data; at most 128 (PS3.8 9.3.2.2)."""
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for item in stored:
+        syntaxes = [item.transfer_syntax_uid]
+        if item.transfer_syntax_uid in (_EXPLICIT_LE, _IMPLICIT_LE):
+            syntaxes = [_EXPLICIT_LE, _IMPLICIT_LE]
+        wanted.setdefault((item.sop_class_uid, item.transfer_syntax_uid), syntaxes)
+    return [build_context(sop_class, syntaxes) for (sop_class, _), syntaxes in list(wanted.items())[:128]]
+
+
+def _send(event: Event, services: Services, stored: list[StoredInstance]) -> Iterator[tuple[int, Dataset | None]]:
+    for item in stored:
+        if event.is_cancelled:
+            yield status.CANCEL, None
+            return
+        try:
+            with services.blobs.open(item.blob_key) as fh:
+                # Values stay raw (undecoded); pynetdicom writes them back byte for byte.
+                dataset = pydicom.dcmread(fh)
+        except errors.PacsError as exc:
+            log.error("cannot read %s for retrieve: %s", item.sop_instance_uid, exc)
+            # A data set without file meta cannot be sent: pynetdicom counts a failed
+            # sub-operation and lists the UID in FailedSOPInstanceUIDList.
+            dataset = pydicom.FileDataset("", Dataset())
+            dataset.SOPClassUID = item.sop_class_uid
+            dataset.SOPInstanceUID = item.sop_instance_uid
+        yield status.PENDING, dataset

@@ -1,0 +1,120 @@
+"""build_ae(settings, services) and the DICOM listener's lifecycle; the handler-binding table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs.config import Settings
+from pacs.dimse import handlers
+from pacs.services import Services
+
+log = logging.getLogger("pacs.dimse")
+_ALLOWLIST_REFRESH_SECONDS = 5.0
+
+
+def build_ae(settings: Settings) -> AE:
+    # Received data sets go to a temp file instead of memory; ingest takes the file as is.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.maximum_pdu_size = settings.dicom_max_pdu
+    ae.acse_timeout = settings.dicom_acse_timeout
+    ae.dimse_timeout = settings.dicom_dimse_timeout
+    ae.network_timeout = settings.dicom_network_timeout
+    ae.add_supported_context(Verification)
+    for context in StoragePresentationContexts:
+        # scu_role for C-GET: the peer proposes storage contexts for us to send on.
+        assert context.abstract_syntax is not None
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for model in (
+        PatientRootQueryRetrieveInformationModelFind,
+        PatientRootQueryRetrieveInformationModelMove,
+        PatientRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+        StudyRootQueryRetrieveInformationModelGet,
+    ):
+        ae.add_supported_context(model)
+    return ae
+
+
+def handler_table(services: Services, allowlist: AllowList | None) -> list[Any]:
+    """The one place DIMSE events are bound to handlers."""
+    table: list[Any] = [
+        (evt.EVT_CONN_OPEN, handlers.set_nodelay),
+        (evt.EVT_ACCEPTED, handlers.log_association),
+        (evt.EVT_REJECTED, handlers.log_association),
+        (evt.EVT_RELEASED, handlers.log_association),
+        (evt.EVT_ABORTED, handlers.log_association),
+        (evt.EVT_C_ECHO, handlers.handle_echo),
+        (evt.EVT_C_STORE, handlers.handle_store, [services]),
+        (evt.EVT_C_FIND, handlers.handle_find, [services]),
+        (evt.EVT_C_MOVE, handlers.handle_move, [services]),
+        (evt.EVT_C_GET, handlers.handle_get, [services]),
+    ]
+    if allowlist is not None:
+        table.insert(1, (evt.EVT_CONN_OPEN, allowlist.refresh))
+    return table
+
+
+class AllowList:
+    """Calling AE titles allowed to associate: the known remote AEs, re-read every few seconds
+    so `minipacs ae add` takes effect without a restart."""
+
+    def __init__(self, ae: AE, services: Services) -> None:
+        self.ae = ae
+        self.services = services
+        self.loaded_at = 0.0
+        self.refresh(None)
+
+    def refresh(self, event: Any) -> None:
+        now = time.monotonic()
+        if now - self.loaded_at < _ALLOWLIST_REFRESH_SECONDS and event is not None:
+            return
+        titles = [ae.ae_title for ae in self.services.remote_aes.all()]
+        # An empty list would let everyone in; a title nobody can send keeps it closed.
+        self.ae.require_calling_aet = titles or ["\\"]
+        self.loaded_at = now
+
+
+class DicomServer:
+    """The DICOM listener running in background threads of the serving process."""
+
+    def __init__(self, settings: Settings, services: Services) -> None:
+        self.settings = settings
+        self.services = services
+        self.ae = build_ae(settings)
+        self.allowlist = AllowList(self.ae, services) if settings.dicom_allowlist else None
+        self.server: ThreadedAssociationServer | None = None
+
+    def start(self) -> None:
+        address = (self.settings.dicom_host, self.settings.dicom_port)
+        server = self.ae.start_server(address, block=False, evt_handlers=handler_table(self.services, self.allowlist))
+        assert server is not None
+        self.server = server
+        log.info("DICOM listener %s on %s:%d", self.settings.ae_title, *server.server_address[:2])
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None

@@ -1,0 +1,34 @@
+"""Domain exceptions -> DIMSE statuses: the one table (PS3.4 Annex B and C, PS3.7 Annex C)."""
+
+from __future__ import annotations
+
+from pacs import errors
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+OUT_OF_RESOURCES = 0xA700  # storage or database unavailable
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # malformed or unsupported query identifier
+MOVE_DESTINATION_UNKNOWN = 0xA801
+CANNOT_UNDERSTAND = 0xC000  # unreadable data set, missing UIDs
+UNABLE_TO_PROCESS = 0xC001
+DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4: the instance exists and the policy is "reject"
+
+_STORE: list[tuple[type[errors.PacsError], int]] = [
+    (errors.Unavailable, OUT_OF_RESOURCES),
+    (errors.DuplicateInstance, DUPLICATE_SOP_INSTANCE),
+    (errors.InvalidInput, CANNOT_UNDERSTAND),
+]
+_QUERY: list[tuple[type[errors.PacsError], int]] = [
+    (errors.Unavailable, OUT_OF_RESOURCES),
+    (errors.InvalidInput, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS),
+]
+
+
+def status_for(exc: errors.PacsError, *, service: str) -> int:
+    """The status a failed operation answers with; `service` is "store" or "query"."""
+    table = _STORE if service == "store" else _QUERY
+    for kind, status in table:
+        if isinstance(exc, kind):
+            return status
+    return UNABLE_TO_PROCESS if service != "store" else CANNOT_UNDERSTAND

@@ -1,0 +1,75 @@
+"""Known remote DICOM application entities (C-MOVE destinations, optional calling-AE allowlist)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import IntegrityError
+
+from pacs.errors import Conflict, InvalidInput, NotFound
+from pacs.index.database import read_transaction, write_transaction
+from pacs.index.schema import remote_aes
+
+
+@dataclass(frozen=True)
+class RemoteAE:
+    ae_title: str
+    host: str
+    port: int
+
+
+def parse_remote_aes(text: str) -> list[RemoteAE]:
+    """`NAME@HOST:PORT` entries separated by commas (the MINIPACS_REMOTE_AES setting)."""
+    found = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, at, address = entry.partition("@")
+        host, colon, port = address.rpartition(":")
+        if not at or not colon or not port.isdigit():
+            raise InvalidInput(f"remote AE {entry!r} is not NAME@HOST:PORT")
+        found.append(validated(name, host, int(port)))
+    return found
+
+
+def validated(ae_title: str, host: str, port: int) -> RemoteAE:
+    title = ae_title.strip()
+    if not 1 <= len(title) <= 16 or "\\" in title or not title.isprintable():
+        raise InvalidInput(f"AE title {ae_title!r} must be 1 to 16 printable characters")
+    if not host.strip():
+        raise InvalidInput("host is empty")
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"port {port} is not a TCP port")
+    return RemoteAE(title, host.strip(), port)
+
+
+class RemoteAERepository:
+    def __init__(self, engine: Engine, configured: list[RemoteAE] | None = None) -> None:
+        self.engine = engine
+        self.configured = {ae.ae_title: ae for ae in configured or []}
+
+    def add(self, ae: RemoteAE) -> None:
+        try:
+            with write_transaction(self.engine) as conn:
+                conn.execute(remote_aes.insert().values(ae_title=ae.ae_title, host=ae.host, port=ae.port))
+        except IntegrityError:
+            raise Conflict(f"remote AE {ae.ae_title} already exists; remove it first") from None
+
+    def remove(self, ae_title: str) -> None:
+        with write_transaction(self.engine) as conn:
+            if conn.execute(delete(remote_aes).where(remote_aes.c.ae_title == ae_title)).rowcount == 0:
+                raise NotFound(f"no remote AE {ae_title}")
+
+    def all(self) -> list[RemoteAE]:
+        """Configured entries and stored ones; a stored entry wins over a configured one."""
+        with read_transaction(self.engine) as conn:
+            stored = {r.ae_title: RemoteAE(r.ae_title, r.host, r.port) for r in conn.execute(select(remote_aes))}
+        return sorted({**self.configured, **stored}.values(), key=lambda ae: ae.ae_title)
+
+    def find(self, ae_title: str) -> RemoteAE | None:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(select(remote_aes).where(remote_aes.c.ae_title == ae_title)).first()
+        if row is not None:
+            return RemoteAE(row.ae_title, row.host, row.port)
+        return self.configured.get(ae_title)
