@@ -5,6 +5,12 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
+# Interop tests drive Debian's dcmtk command-line tools (storescu, findscu, movescu, getscu, storescp).
+if [ ! -x /usr/bin/storescu ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null
+fi
+
 # The integration suite needs PostgreSQL on 127.0.0.1:5432 (trust auth for user postgres).
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     if ! command -v pg_ctlcluster >/dev/null; then
