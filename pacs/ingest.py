@@ -159,6 +159,12 @@ class IngestService:
                 self._discard(item.blob_key)
                 reports[i] = _report(path, item.parsed, error=exc)
             return
+        except Exception:
+            # Unexpected (a bug, a value the database refuses): nothing was indexed, so the
+            # blobs just written must not stay behind; the caller reports the error.
+            for _, item, _ in written:
+                self._discard(item.blob_key)
+            raise
         for (i, item, path), result in zip(written, results):
             if isinstance(result, PacsError):
                 self._discard(item.blob_key)

@@ -264,13 +264,17 @@ def _get_or_create(conn: Connection, table: Table, keys: tuple[str, ...], values
 
 def fit_columns(table: Table, values: dict[str, Any]) -> dict[str, Any]:
     """Drop unknown keys and clip over-long strings: files in the wild break VR length limits,
-    and PostgreSQL refuses a value longer than its column."""
+    and PostgreSQL refuses a value longer than its column. NUL characters are dropped too:
+    DICOM text never means them (PS3.5 6.1.2.3), and PostgreSQL refuses them in text."""
     fitted = {}
     for key, value in values.items():
         if key not in table.c:
             continue
-        length = getattr(table.c[key].type, "length", None)
-        fitted[key] = value[:length] if isinstance(value, str) and length else value
+        if isinstance(value, str):
+            value = value.replace("\x00", "")
+            length = getattr(table.c[key].type, "length", None)
+            value = value[:length] if length else value
+        fitted[key] = value
     return fitted
 
 
