@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dicomweb.multipart import parse_content_type, split_unquoted, unquote
+from dicomweb.content_type import parse_content_type, split_unquoted, unquote
 from pacs.errors import NotAcceptable, UnsupportedMediaType
 
 __all__ = [

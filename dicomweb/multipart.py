@@ -20,7 +20,16 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
-from pacs.errors import InvalidInput, UnsupportedMediaType
+from dicomweb.content_type import (
+    ContentType,
+    boundary_of,
+    check_boundary,
+    is_token,
+    parse_content_type,
+    split_unquoted,
+    unquote,
+)
+from pacs.errors import InvalidInput
 
 __all__ = [
     "ContentType",
@@ -41,11 +50,6 @@ __all__ = [
 
 DEFAULT_MAX_HEADER_BYTES = 16384
 
-# RFC 2046 caps boundaries at 70 characters. Real clients stay well below it,
-# but we allow some slack for sloppy ones; the cap only exists to bound how
-# much unemitted data the reader keeps back while looking for a delimiter.
-_MAX_BOUNDARY_CHARS = 256
-
 # Pieces handed to the ASGI server cost a send() each (and, for a sync
 # iterator under StreamingResponse, a thread-pool hop each), so the writer
 # joins small pieces up to this size. Bigger chunks are passed through as-is
@@ -54,101 +58,6 @@ _COALESCE_BYTES = 64 * 1024
 
 _CR = 0x0D
 _PADDING = b" \t"
-
-
-# --------------------------------------------------------------------------
-# Content-Type parsing
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContentType:
-    """A parsed media type: ``media_type`` and ``params`` are normalised so
-    callers compare them directly (names lower-cased, values unquoted)."""
-
-    media_type: str
-    params: dict[str, str]
-
-
-def parse_content_type(value: str) -> ContentType:
-    """Parse a Content-Type (or a single Accept media range).
-
-    Lenient where clients are known to be sloppy: spaces around ``;`` and
-    ``=``, unquoted values containing ``/`` (e.g. ``type=application/dicom``,
-    which RFC 9110 would require to be quoted), and ``;`` inside quoted values.
-    """
-    pieces = split_unquoted(value, ";")
-    media_type = pieces[0].strip().lower()
-    major, slash, minor = media_type.partition("/")
-    if not slash or not _is_token(major) or not _is_token(minor):
-        raise UnsupportedMediaType(f"malformed media type {value!r}")
-    params: dict[str, str] = {}
-    for piece in pieces[1:]:
-        name, equals, raw = piece.partition("=")
-        name = name.strip().lower()
-        if not equals or not name:
-            continue  # stray ';' or a bare word: ignore rather than reject
-        # First occurrence wins, like most HTTP stacks.
-        params.setdefault(name, unquote(raw.strip()))
-    return ContentType(media_type, params)
-
-
-def boundary_of(content_type: ContentType) -> str:
-    """The boundary of a multipart Content-Type, checked for usability."""
-    if not content_type.media_type.startswith("multipart/"):
-        raise UnsupportedMediaType(f"expected a multipart body, got {content_type.media_type}")
-    boundary = content_type.params.get("boundary", "")
-    _check_boundary(boundary)
-    return boundary
-
-
-def split_unquoted(text: str, separator: str) -> list[str]:
-    """Split on ``separator`` except inside double quotes (with ``\\`` escapes)."""
-    pieces: list[str] = []
-    start = 0
-    quoted = escaped = False
-    for index, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quoted and char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == separator and not quoted:
-            pieces.append(text[start:index])
-            start = index + 1
-    pieces.append(text[start:])
-    return pieces
-
-
-def unquote(value: str) -> str:
-    """Remove the quotes of an RFC 9110 quoted-string; other values unchanged."""
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        inner = value[1:-1]
-        if "\\" not in inner:
-            return inner
-        out: list[str] = []
-        chars = iter(inner)
-        for char in chars:
-            out.append(next(chars, "") if char == "\\" else char)
-        return "".join(out)
-    return value
-
-
-_TOKEN_SPECIALS = frozenset('()<>@,;:\\"/[]?={} \t')
-
-
-def _is_token(text: str) -> bool:
-    return bool(text) and all(33 <= ord(c) < 127 and c not in _TOKEN_SPECIALS for c in text)
-
-
-def _check_boundary(boundary: str) -> None:
-    if not boundary:
-        raise UnsupportedMediaType("multipart Content-Type has no boundary parameter")
-    if len(boundary) > _MAX_BOUNDARY_CHARS:
-        raise UnsupportedMediaType("multipart boundary is too long")
-    if any(c in "\r\n" or ord(c) > 0xFF for c in boundary):
-        raise UnsupportedMediaType("multipart boundary contains invalid characters")
 
 
 # --------------------------------------------------------------------------
@@ -195,7 +104,7 @@ class MultipartReader:
     """
 
     def __init__(self, boundary: str, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
-        _check_boundary(boundary)
+        check_boundary(boundary)
         self._boundary = boundary
         # Searching for LF + "--boundary" rather than CRLF + "--boundary" also
         # accepts bodies written with bare LF line ends; the CR, when present,
@@ -405,7 +314,7 @@ def multipart_content_type(part_type: str, boundary: str, **params: str) -> str:
     Keyword names use ``_`` for ``-``: ``transfer_syntax="1.2.840.10008.1.2.1"``
     becomes ``transfer-syntax=1.2.840.10008.1.2.1``.
     """
-    _check_boundary(boundary)
+    check_boundary(boundary)
     pieces = [
         "multipart/related",
         f"type={_quote(part_type)}",
@@ -428,7 +337,7 @@ def iter_multipart(
     are pulled lazily; small pieces (delimiters, headers, small frames) are
     joined up to 64 KiB, never a whole large part.
     """
-    _check_boundary(boundary)
+    check_boundary(boundary)
     delimiter = b"--" + boundary.encode("latin-1")
     pending = _Coalescer()
     separator = b""
@@ -472,7 +381,7 @@ class _Coalescer:
 def _encode_headers(headers: dict[str, str]) -> bytes:
     lines = []
     for name, value in headers.items():
-        if any(c in "\r\n" for c in name + value) or not _is_token(name):
+        if any(c in "\r\n" for c in name + value) or not is_token(name):
             raise ValueError(f"invalid part header {name!r}: {value!r}")
         lines.append(f"{name}: {value}\r\n")
     lines.append("\r\n")
@@ -485,4 +394,4 @@ def _quote(value: str) -> str:
 
 
 def _quote_if_needed(value: str) -> str:
-    return value if _is_token(value) else _quote(value)
+    return value if is_token(value) else _quote(value)

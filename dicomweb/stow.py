@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb.multipart import PartData, PartEnd, PartStart, boundary_of, iter_parts, parse_content_type
+from dicomweb.content_type import boundary_of, parse_content_type
+from dicomweb.multipart import PartData, PartEnd, PartStart, iter_parts
 from dicomweb.responses import base_url, dicom_json_response
 from pacs import errors
 from pacs.ingest import StoreReport
