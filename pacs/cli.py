@@ -205,11 +205,19 @@ def iter_files(paths: Sequence[str]) -> Iterator[Path]:
             for root, dirs, names in os.walk(path):
                 dirs.sort()
                 for name in sorted(names):
-                    yield Path(root) / name
+                    yield from _regular_file(Path(root) / name)
         elif path.exists():
-            yield path
+            yield from _regular_file(path)
         else:
             print(f"minipacs: {raw}: no such file or folder", file=sys.stderr)
+
+
+def _regular_file(path: Path) -> Iterator[Path]:
+    # Reading a FIFO would block for ever; a dangling link has nothing to read.
+    if path.is_file():
+        yield path
+    else:
+        print(f"minipacs: {path}: not a regular file, skipped", file=sys.stderr)
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,8 +21,8 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
 from pacs.dicom.instance import ParsedInstance, inspect_instance
-from pacs.errors import DuplicateInstance, InvalidDicom, PacsError, StorageUnavailable, StudyMismatch
-from pacs.index.repository import CommitResult, IndexRepository, NewInstance, Outcome
+from pacs.errors import DuplicateInstance, InvalidDicom, InvalidInput, PacsError, StorageUnavailable, StudyMismatch
+from pacs.index.repository import CommitResult, IndexRepository, NewInstance, Outcome, check_same_place
 from storage.base import BlobStore
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class IngestService:
             parsed = inspect_instance(path)
         except InvalidDicom as exc:
             return None, StoreReport(str(path), error=exc)
+        except OSError as exc:  # vanished or unreadable (an import source, not a STOW part)
+            return None, StoreReport(str(path), error=InvalidInput(f"cannot read the file: {exc.strerror or exc}"))
         if expected_study and parsed.study_instance_uid != expected_study:
             error = StudyMismatch(
                 f"StudyInstanceUID {parsed.study_instance_uid} does not match the target study {expected_study}"
@@ -107,7 +109,11 @@ class IngestService:
             if self.duplicate_policy == "reject":
                 reports[i] = _report(path, parsed, error=DuplicateInstance(f"SOP Instance {parsed.sop_instance_uid} is already stored"))
             else:
-                reports[i] = _report(path, parsed, outcome=Outcome.ALREADY_STORED)
+                try:
+                    check_same_place(parsed, *known[parsed.sop_instance_uid])
+                    reports[i] = _report(path, parsed, outcome=Outcome.ALREADY_STORED)
+                except StudyMismatch as exc:
+                    reports[i] = _report(path, parsed, error=exc)
             pending.remove(entry)
 
     def _write_blobs(

@@ -101,6 +101,10 @@ def _read_header(fh: BinaryIO) -> tuple[Dataset, bool]:
             ds, has_header = pydicom.dcmread(fh, stop_before_pixels=True, force=True), False
             if len(ds) == 0:
                 raise InvalidDicom("not a DICOM file: no data elements could be read")
+            if next(iter(ds.keys())) >> 16 > 0x0008:
+                # Elements come in ascending order and every SOP instance has group 0008
+                # (SOP Common, PS3.3 C.12.1): anything else is some other kind of file.
+                raise InvalidDicom("not a DICOM file: no DICM prefix, and it does not start like a data set")
         _check_complete(ds)
         return ds, has_header
     except InvalidDicom:

@@ -61,11 +61,16 @@ class IndexRepository:
         self.engine = engine
 
     # ---- writes -------------------------------------------------------------------------
-    def find_existing(self, sop_instance_uids: Iterable[str]) -> set[str]:
+    def find_existing(self, sop_instance_uids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """The given SOP Instance UIDs already indexed, each with its (study, series) UIDs."""
         uids = list(sop_instance_uids)
         with read_transaction(self.engine) as conn:
-            rows = conn.execute(select(instances.c.sop_instance_uid).where(instances.c.sop_instance_uid.in_(uids)))
-            return {r[0] for r in rows}
+            rows = conn.execute(
+                _existing_stmt().with_only_columns(
+                    instances.c.sop_instance_uid, studies.c.study_instance_uid, series.c.series_instance_uid
+                ).where(instances.c.sop_instance_uid.in_(uids))
+            )
+            return {r[0]: (r[1], r[2]) for r in rows}
 
     def commit_instances(self, items: list[NewInstance], policy: str) -> list[CommitResult | Exception]:
         """Index a batch in one transaction. Returns, per item, its result or the error that
@@ -98,10 +103,7 @@ class IndexRepository:
 
     def _commit_one(self, conn: Connection, item: NewInstance, policy: str) -> CommitResult:
         parsed = item.parsed
-        existing = conn.execute(
-            select(instances.c.pk, instances.c.blob_key, instances.c.series_pk)
-            .where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
-        ).first()
+        existing = conn.execute(_existing_stmt().where(instances.c.sop_instance_uid == parsed.sop_instance_uid)).first()
         if existing is not None:
             return self._duplicate(conn, item, policy, existing)
         series_pk = self._series_pk(conn, parsed)
@@ -111,12 +113,12 @@ class IndexRepository:
     def _duplicate(self, conn: Connection, item: NewInstance, policy: str, existing: Any = None) -> CommitResult:
         uid = item.parsed.sop_instance_uid
         if existing is None:
-            existing = conn.execute(
-                select(instances.c.pk, instances.c.blob_key, instances.c.series_pk).where(instances.c.sop_instance_uid == uid)
-            ).first()
+            existing = conn.execute(_existing_stmt().where(instances.c.sop_instance_uid == uid)).first()
         if policy == "reject":
             raise DuplicateInstance(f"SOP Instance {uid} is already stored")
         if policy == "keep" or existing is None:
+            if existing is not None:
+                check_same_place(item.parsed, existing.study_instance_uid, existing.series_instance_uid)
             return CommitResult(Outcome.ALREADY_STORED, obsolete_blob_key=item.blob_key)
         series_pk = self._series_pk(conn, item.parsed)
         conn.execute(
@@ -298,6 +300,23 @@ def _locate_stmt(study_uid: str, series_uid: str | None, sop_uid: str | None) ->
     if sop_uid is not None:
         stmt = stmt.where(instances.c.sop_instance_uid == sop_uid)
     return stmt
+
+
+def check_same_place(parsed: ParsedInstance, study_uid: str, series_uid: str) -> None:
+    """A copy of a held instance that names another study or series is not the same object:
+    acknowledging it would promise it can be retrieved where it says, which it cannot."""
+    if (parsed.study_instance_uid, parsed.series_instance_uid) != (study_uid, series_uid):
+        raise StudyMismatch(
+            f"SOP Instance {parsed.sop_instance_uid} is already stored in study {study_uid}, series {series_uid}"
+        )
+
+
+def _existing_stmt() -> Any:
+    """The stored instance by SOP Instance UID (add the condition), with its place."""
+    return select(
+        instances.c.pk, instances.c.blob_key, instances.c.series_pk,
+        studies.c.study_instance_uid, series.c.series_instance_uid,
+    ).select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(studies, series.c.study_pk == studies.c.pk))
 
 
 def _find_series(conn: Connection, series_uid: str) -> Any:
