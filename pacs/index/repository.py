@@ -129,6 +129,7 @@ class IndexRepository:
         if existing.series_pk != series_pk:
             # The new copy names another series: the old one may be left empty.
             _delete_empty_ancestors(conn, existing.series_pk)
+        self._refresh_parents(conn, item.parsed, series_pk)
         return CommitResult(Outcome.REPLACED, obsolete_blob_key=existing.blob_key)
 
     def _series_pk(self, conn: Connection, parsed: ParsedInstance) -> int:
@@ -148,17 +149,28 @@ class IndexRepository:
         return int(found.pk)
 
     def _create_series(self, conn: Connection, parsed: ParsedInstance) -> None:
-        attrs = parsed.attributes
-        patient = {**attrs[Level.PATIENT]}
-        patient["patient_id"] = patient.get("patient_id") or ""
-        patient["issuer_of_patient_id"] = patient.get("issuer_of_patient_id") or ""
-        patient["patient_name_norm"] = _upper(patient.get("patient_name"))
-        patient_pk = _get_or_create(conn, patients, ("patient_id", "issuer_of_patient_id"), patient)
-        study = {**attrs[Level.STUDY], "study_instance_uid": parsed.study_instance_uid, "patient_pk": patient_pk}
-        study["referring_physician_name_norm"] = _upper(study.get("referring_physician_name"))
-        study_pk = _get_or_create(conn, studies, ("study_instance_uid",), study)
-        serie = {**attrs[Level.SERIES], "series_instance_uid": parsed.series_instance_uid, "study_pk": study_pk}
-        _get_or_create(conn, series, ("series_instance_uid",), serie)
+        patient, study, serie = _level_values(parsed)
+        patient_pk = _get_or_create(conn, patients, _PATIENT_KEYS, patient)
+        study_pk = _get_or_create(conn, studies, ("study_instance_uid",), {**study, "patient_pk": patient_pk})
+        _get_or_create(conn, series, ("series_instance_uid",), {**serie, "study_pk": study_pk})
+
+    def _refresh_parents(self, conn: Connection, parsed: ParsedInstance, series_pk: int) -> None:
+        """Under "overwrite" a corrected copy also corrects its patient, study and series
+        (a new PatientID moves the study to that patient)."""
+        patient, study, serie = _level_values(parsed)
+        patient_pk = _get_or_create(conn, patients, _PATIENT_KEYS, patient)
+        conn.execute(update(patients).where(patients.c.pk == patient_pk).values(fit_columns(patients, patient)))
+        old_patient = conn.execute(
+            select(studies.c.patient_pk).where(studies.c.study_instance_uid == parsed.study_instance_uid)
+        ).scalar_one()
+        conn.execute(
+            update(studies)
+            .where(studies.c.study_instance_uid == parsed.study_instance_uid)
+            .values(fit_columns(studies, {**study, "patient_pk": patient_pk}))
+        )
+        conn.execute(update(series).where(series.c.pk == series_pk).values(fit_columns(series, serie)))
+        if old_patient != patient_pk:
+            _delete_empty(conn, patients, "pk", {old_patient}, studies.c.patient_pk)
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         """Remove the matching instances (and parents left empty); return their blob keys."""
@@ -235,6 +247,22 @@ class IndexRepository:
                 name: conn.execute(select(func.count()).select_from(table)).scalar_one()
                 for name, table in (("patients", patients), ("studies", studies), ("series", series), ("instances", instances))
             }
+
+
+_PATIENT_KEYS = ("patient_id", "issuer_of_patient_id")
+
+
+def _level_values(parsed: ParsedInstance) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Patient, study and series column values of an instance (keys included, no foreign keys)."""
+    attrs = parsed.attributes
+    patient = {**attrs[Level.PATIENT]}
+    patient["patient_id"] = patient.get("patient_id") or ""
+    patient["issuer_of_patient_id"] = patient.get("issuer_of_patient_id") or ""
+    patient["patient_name_norm"] = _upper(patient.get("patient_name"))
+    study = {**attrs[Level.STUDY], "study_instance_uid": parsed.study_instance_uid}
+    study["referring_physician_name_norm"] = _upper(study.get("referring_physician_name"))
+    serie = {**attrs[Level.SERIES], "series_instance_uid": parsed.series_instance_uid}
+    return patient, study, serie
 
 
 def _instance_values(item: NewInstance) -> dict[str, Any]:

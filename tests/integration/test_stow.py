@@ -803,3 +803,23 @@ def test_client_that_hangs_up_mid_body_leaves_nothing_behind(tmp_path: Path) -> 
         found = httpx.get(f"{root}/dicom-web/studies").json()
         assert [s["0020000D"]["Value"][0] for s in found] == [earlier.StudyInstanceUID]
         assert httpx.get(f"{root}/health").status_code == 200
+
+
+def test_overwrite_corrects_patient_and_study_attributes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A corrected copy under "overwrite" reaches QIDO: new name, new PatientID, new description."""
+    for settings in make_settings("sqlite-fs", tmp_path, request, duplicate_policy="overwrite"):
+        with TestClient(build_app(settings)) as client:
+            first = make_ct(PatientName="Wrong^Name", PatientID="OLD-ID", StudyDescription="CT HEAD")
+            body, content_type = stow_body([first])
+            assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+            corrected = copy.deepcopy(first)
+            corrected.PatientName = "Right^Name"
+            corrected.PatientID = "NEW-ID"
+            corrected.StudyDescription = "CT HEAD W/O"
+            body, content_type = stow_body([corrected])
+            assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+            [study] = client.get("/dicom-web/studies").json()
+            assert study["00100010"]["Value"] == [{"Alphabetic": "Right^Name"}]
+            assert study["00100020"]["Value"] == ["NEW-ID"]
+            assert study["00081030"]["Value"] == ["CT HEAD W/O"]
+            assert client.get("/dicom-web/studies", params={"PatientID": "OLD-ID"}).json() == []
