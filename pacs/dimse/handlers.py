@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
@@ -51,6 +53,36 @@ def set_nodelay(event: Event) -> None:
             pass
 
 
+def discard_partial_store(event: Event) -> None:
+    """pynetdicom receives a C-STORE data set into a temp file and deletes it only after the
+    handler ran: a peer that aborts or drops the connection mid-transfer would leave the partial
+    file behind for good. The message still being decoded when the connection closes is that
+    partial one (a complete message is detached from the DIMSE provider on arrival). P-DATA
+    fragments are written by the DUL thread, which also fires this event, so no write races it."""
+    message = getattr(event.assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    path = getattr(message, "_data_set_path", None)
+    if partial is None or path is None:
+        return
+    try:
+        partial.close()
+        Path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove the partial C-STORE data set %s: %s", path, exc)
+    else:
+        log.warning("discarded a C-STORE data set cut short by %s", peer(event))
+
+
+def end_silent_connection(event: Event) -> None:
+    """A peer that connects and closes without an A-ASSOCIATE-RQ (a port probe, a health check)
+    would otherwise keep pynetdicom's acceptor thread waiting for one until the ACSE timeout,
+    holding one of the `dicom_max_associations` slots: a few probes lock real peers out. Wake
+    the waiting acceptor with the "nothing came" value it gets on timeout, so it ends now."""
+    assoc = event.assoc
+    if assoc.is_acceptor and assoc.requestor.primitive is None and assoc.dul.to_user_queue.empty():
+        assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+
+
 def log_association(event: Event) -> None:
     outcome = {"EVT_ACCEPTED": "accepted", "EVT_REJECTED": "rejected", "EVT_RELEASED": "released",
                "EVT_ABORTED": "aborted"}.get(event.event.name, event.event.name)
@@ -63,6 +95,11 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_store(event: Event, services: Services) -> int:
+    mismatch = _not_the_announced_instance(event)
+    if mismatch:
+        code = status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        log.warning("C-STORE from %s refused (0x%04X): %s", peer(event), code, mismatch)
+        return code
     report = services.ingest.store_file(event.dataset_path, consume=True)
     if report.error is not None:
         code = status.status_for(report.error, service="store")
@@ -70,6 +107,24 @@ def handle_store(event: Event, services: Services) -> int:
         return code
     log.info("C-STORE from %s: %s %s", peer(event), report.sop_instance_uid, report.outcome.value if report.outcome else "")
     return status.SUCCESS
+
+
+def _not_the_announced_instance(event: Event) -> str | None:
+    """The C-STORE command's Affected SOP Class/Instance UIDs name the data set it carries
+    (PS3.7 9.1.1.1); the peer reads our answer as the fate of the instance it named, so storing
+    another one under that answer would lose it. (dcmtk's storescp refuses the same way.) A data
+    set without those UIDs, or unreadable, is left for ingest to refuse."""
+    request = cast(C_STORE, event.request)
+    announced = {"SOPClassUID": request.AffectedSOPClassUID, "SOPInstanceUID": request.AffectedSOPInstanceUID}
+    try:
+        ds = pydicom.dcmread(event.dataset_path, stop_before_pixels=True, specific_tags=list(announced))
+        found = {keyword: str(ds.get(keyword, "") or "").strip().rstrip("\x00") for keyword in announced}
+    except Exception:  # pydicom raises many kinds on damaged input
+        return None
+    for keyword, uid in announced.items():
+        if found[keyword] and found[keyword] != str(uid):
+            return f"the data set's {keyword} {found[keyword]} is not the {uid} the command announced"
+    return None
 
 
 def _model(event: Event) -> str:

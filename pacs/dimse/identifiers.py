@@ -148,11 +148,12 @@ def retrieve_query(identifier: Dataset, model: str) -> Query:
     }[level]
     conditions: list[Condition] = []
     for keyword in uid_keys:
-        value = identifier.get(keyword)
-        if value in (None, ""):
+        if keyword not in identifier:
             continue
+        element = identifier[keyword]
         attribute = next(a for a in BY_TAG.values() if a.keyword == keyword)
-        condition = parse_condition(attribute, "\\".join(value) if isinstance(value, (list, tuple)) else str(value))
+        # A list of UIDs arrives as a pydicom MultiValue, which is not a list (PS3.4 C.4.2.2.1).
+        condition = parse_condition(attribute, _as_text(element))
         if condition is not None:
             conditions.append(condition)
     unique = {Level.PATIENT: "PatientID", Level.STUDY: "StudyInstanceUID", Level.SERIES: "SeriesInstanceUID",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -15,8 +19,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
+    register_uid,
+    uid_to_service_class,
 )
-from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.config import Settings
@@ -37,10 +42,19 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dicom_dimse_timeout
     ae.network_timeout = settings.dicom_network_timeout
     ae.add_supported_context(Verification)
-    for context in StoragePresentationContexts:
+    # Every storage SOP class pynetdicom knows. StoragePresentationContexts is the 120 an SCU can
+    # propose in one association (PS3.8 9.3.2.2 allows 128): it leaves out breast projection
+    # X-ray, parametric maps, newer SR and RT classes, while AllStoragePresentationContexts leaves
+    # out retired ones old modalities still send (retired US and NM). An acceptor takes both.
+    storage = dict.fromkeys(c.abstract_syntax for c in [*StoragePresentationContexts, *AllStoragePresentationContexts])
+    for abstract_syntax in storage:
+        assert abstract_syntax is not None
+        if uid_to_service_class(abstract_syntax) is not StorageServiceClass:
+            # Retired classes: pynetdicom negotiates them but, knowing no service for them,
+            # aborts the association on the first C-STORE unless they are registered.
+            register_uid(abstract_syntax, UID(abstract_syntax).keyword, StorageServiceClass)
         # scu_role for C-GET: the peer proposes storage contexts for us to send on.
-        assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for model in (
         PatientRootQueryRetrieveInformationModelFind,
         PatientRootQueryRetrieveInformationModelMove,
@@ -57,6 +71,8 @@ def handler_table(services: Services, allowlist: AllowList | None) -> list[Any]:
     """The one place DIMSE events are bound to handlers."""
     table: list[Any] = [
         (evt.EVT_CONN_OPEN, handlers.set_nodelay),
+        (evt.EVT_CONN_CLOSE, handlers.discard_partial_store),
+        (evt.EVT_CONN_CLOSE, handlers.end_silent_connection),
         (evt.EVT_ACCEPTED, handlers.log_association),
         (evt.EVT_REJECTED, handlers.log_association),
         (evt.EVT_RELEASED, handlers.log_association),
@@ -87,8 +103,9 @@ class AllowList:
         if now - self.loaded_at < _ALLOWLIST_REFRESH_SECONDS and event is not None:
             return
         titles = [ae.ae_title for ae in self.services.remote_aes.all()]
-        # An empty list would let everyone in; a title nobody can send keeps it closed.
-        self.ae.require_calling_aet = titles or ["\\"]
+        # An empty list would let everyone in. pynetdicom only takes valid AE titles, so no title
+        # is unsendable; one drawn at random per refresh is unguessable instead.
+        self.ae.require_calling_aet = titles or [secrets.token_hex(8).upper()]
         self.loaded_at = now
 
 

@@ -9,6 +9,7 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 OUT_OF_RESOURCES = 0xA700  # storage or database unavailable
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # malformed or unsupported query identifier
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # C-STORE: the data set is not the one the command names
 MOVE_DESTINATION_UNKNOWN = 0xA801
 CANNOT_UNDERSTAND = 0xC000  # unreadable data set, missing UIDs
 UNABLE_TO_PROCESS = 0xC001

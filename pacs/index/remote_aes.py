@@ -35,8 +35,10 @@ def parse_remote_aes(text: str) -> list[RemoteAE]:
 
 def validated(ae_title: str, host: str, port: int) -> RemoteAE:
     title = ae_title.strip()
-    if not 1 <= len(title) <= 16 or "\\" in title or not title.isprintable():
-        raise InvalidInput(f"AE title {ae_title!r} must be 1 to 16 printable characters")
+    # PS3.5 Table 6.2-1: AE is the default (ASCII) repertoire without backslash or control
+    # characters; pynetdicom refuses any other title when associating or checking callers.
+    if not 1 <= len(title) <= 16 or "\\" in title or not (title.isascii() and title.isprintable()):
+        raise InvalidInput(f"AE title {ae_title!r} must be 1 to 16 printable ASCII characters, without backslash")
     if not host.strip():
         raise InvalidInput("host is empty")
     if not 1 <= port <= 65535:
