@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -104,6 +105,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     engine.dispose()
     dicom = _start_dicom(settings)
     _announce(settings, dicom_port=dicom.port if dicom else None)
+    # uvicorn drains HTTP on SIGTERM, then re-raises the signal with the handler that was in
+    # place before it started: make that one a clean exit, so the DICOM listener is stopped too.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     _export(settings)  # worker processes rebuild Settings from the environment
     try:
         uvicorn.run(
@@ -121,6 +125,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             dicom.stop()
             dicom.services.close()
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _start_dicom(settings: Settings) -> DicomServer | None:

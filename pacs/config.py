@@ -112,8 +112,9 @@ class Settings:
             raise ConfigError(f"MINIPACS_QIDO_MAX_LIMIT must be at least 1, not {self.qido_max_limit}")
         if not 0 < self.qido_default_limit <= self.qido_max_limit:
             raise ConfigError("MINIPACS_QIDO_DEFAULT_LIMIT must be between 1 and MINIPACS_QIDO_MAX_LIMIT")
-        if not 1 <= len(self.ae_title.strip()) <= 16:
-            raise ConfigError("MINIPACS_AE_TITLE must be 1 to 16 characters")
+        title = self.ae_title.strip()
+        if not 1 <= len(title) <= 16 or not title.isascii() or not title.isprintable() or "\\" in title:
+            raise ConfigError("MINIPACS_AE_TITLE must be 1 to 16 printable ASCII characters, without backslash")
         if self.remote_aes:
             from pacs.errors import InvalidInput
             from pacs.index.remote_aes import parse_remote_aes

@@ -374,7 +374,7 @@ def test_serve_answers_and_stops_cleanly(server: Server, stop: signal.Signals, t
         code = server.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail(f"minipacs serve did not stop on {stop.name}")
-    assert code in (0, -stop), server.output()  # uvicorn may re-raise the signal once shut down
+    assert code == 0, server.output()  # uvicorn re-raises the signal once drained; serve exits cleanly
     output = server.output()
     assert "Application shutdown complete" in output
     assert "Traceback" not in output

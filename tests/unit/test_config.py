@@ -210,3 +210,9 @@ def test_settings_are_frozen() -> None:
     settings = Settings.from_env({})
     with pytest.raises(AttributeError):
         settings.http_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("title", ["ÜBER", "A\\B", "X" * 17, "   "])
+def test_ae_title_must_be_printable_ascii_without_backslash(title: str) -> None:
+    with pytest.raises(ConfigError, match="MINIPACS_AE_TITLE"):
+        Settings.from_mapping({"ae_title": title})
