@@ -100,8 +100,10 @@ class IngestService:
         return parsed, None
 
     def _skip_known_duplicates(self, pending: list[tuple[int, ParsedInstance, Path]], reports: list[StoreReport | None]) -> None:
-        """With keep/reject, a copy we already hold needs no blob write at all."""
-        if self.duplicate_policy == "overwrite" or not pending:
+        """With keep/reject, a copy we already hold needs no blob write at all. A lone instance
+        (C-STORE, one-part STOW) skips this look-up: the commit settles duplicates anyway, and
+        one transaction less per instance is worth more than the rare wasted write."""
+        if self.duplicate_policy == "overwrite" or len(pending) < 2:
             return
         known = self.index.find_existing(p.sop_instance_uid for _, p, _ in pending)
         for entry in [e for e in pending if e[1].sop_instance_uid in known]:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, func, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -103,7 +103,7 @@ class IndexRepository:
 
     def _commit_one(self, conn: Connection, item: NewInstance, policy: str) -> CommitResult:
         parsed = item.parsed
-        existing = conn.execute(_existing_stmt().where(instances.c.sop_instance_uid == parsed.sop_instance_uid)).first()
+        existing = conn.execute(_EXISTING_BY_UID, {"sop_uid": parsed.sop_instance_uid}).first()
         if existing is not None:
             return self._duplicate(conn, item, policy, existing)
         series_pk = self._series_pk(conn, parsed)
@@ -113,7 +113,7 @@ class IndexRepository:
     def _duplicate(self, conn: Connection, item: NewInstance, policy: str, existing: Any = None) -> CommitResult:
         uid = item.parsed.sop_instance_uid
         if existing is None:
-            existing = conn.execute(_existing_stmt().where(instances.c.sop_instance_uid == uid)).first()
+            existing = conn.execute(_EXISTING_BY_UID, {"sop_uid": uid}).first()
         if policy == "reject":
             raise DuplicateInstance(f"SOP Instance {uid} is already stored")
         if policy == "keep" or existing is None:
@@ -347,12 +347,18 @@ def _existing_stmt() -> Any:
     ).select_from(instances.join(series, instances.c.series_pk == series.c.pk).join(studies, series.c.study_pk == studies.c.pk))
 
 
+_EXISTING_BY_UID = _existing_stmt().where(instances.c.sop_instance_uid == bindparam("sop_uid"))
+# Built once: ingest runs these for every instance, and building a statement costs more than
+# running it from SQLAlchemy's compiled cache.
+_FIND_SERIES = (
+    select(series.c.pk, studies.c.study_instance_uid)
+    .join(studies, series.c.study_pk == studies.c.pk)
+    .where(series.c.series_instance_uid == bindparam("series_uid"))
+)
+
+
 def _find_series(conn: Connection, series_uid: str) -> Any:
-    return conn.execute(
-        select(series.c.pk, studies.c.study_instance_uid)
-        .join(studies, series.c.study_pk == studies.c.pk)
-        .where(series.c.series_instance_uid == series_uid)
-    ).first()
+    return conn.execute(_FIND_SERIES, {"series_uid": series_uid}).first()
 
 
 def _delete_empty_ancestors(conn: Connection, series_pk: int) -> None:
