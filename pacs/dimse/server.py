@@ -35,6 +35,11 @@ _ALLOWLIST_REFRESH_SECONDS = 5.0
 def build_ae(settings: Settings) -> AE:
     # Received data sets go to a temp file instead of memory; ingest takes the file as is.
     _config.STORE_RECV_CHUNKED_DATASET = True
+    # Query identifiers carry patient names and IDs: they stay out of the log. Our own handlers
+    # log each association and operation once; pynetdicom's per-message lines are noise.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom_max_associations
     ae.maximum_pdu_size = settings.dicom_max_pdu
