@@ -1,0 +1,1 @@
+"""Benchmarks: minipacs (and Orthanc) under the same DICOMweb load; see README.md."""

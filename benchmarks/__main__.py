@@ -1,0 +1,205 @@
+"""`python -m benchmarks` / `minipacs bench`: minipacs (and Orthanc) under the same DICOMweb load.
+
+See benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.runner import Options, TargetResult, prepare, run_target, say
+from benchmarks.servers import (
+    Server,
+    orthanc_available,
+    orthanc_version,
+    postgres_available,
+    running_minipacs,
+    running_orthanc,
+)
+
+QUICK = {"instances": 100, "studies": 500, "series_size": 50}
+FULL = {"instances": 1000, "studies": 10_000, "series_size": 300}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite",
+                   help="sqlite: SQLite + folder; postgres: PostgreSQL + S3 (moto) for minipacs, "
+                        "PostgreSQL + folder for Orthanc (default sqlite)")
+    p.add_argument("--target", choices=("minipacs", "orthanc", "both"),
+                   help="servers to measure (default both when Orthanc is installed, else minipacs)")
+    p.add_argument("--instances", type=int, help="512x512 CT instances per STOW-RS figure (default 1000)")
+    p.add_argument("--studies", type=int, help="studies indexed for the QIDO-RS figures (default 10000)")
+    p.add_argument("--series-size", type=int, help="instances in the WADO-RS / metadata series (default 300)")
+    p.add_argument("--queries", type=int, default=50, help="requests per QIDO-RS search kind (default 50)")
+    p.add_argument("--metadata-runs", type=int, default=20, help="series metadata requests (default 20)")
+    p.add_argument("--wado-runs", type=int, default=3, help="whole-series retrievals; the median is kept (default 3)")
+    p.add_argument("--quick", action="store_true", help="smoke-run sizes: 100 instances, 500 studies, 50-instance series")
+    p.add_argument("--big", action="store_true", help="also send one ~2 GB multi-frame instance (needs ~6 GB disk)")
+    p.add_argument("--big-frames", type=int, default=1000, help="frames of 1024x1024x16 bit in the --big instance")
+    p.add_argument("--workers", type=int, default=1, help="minipacs HTTP worker processes (default 1)")
+    p.add_argument("--minipacs-storage", choices=("s3", "folder"), default="s3",
+                   help="minipacs blob store on the postgres pair (default s3, a moto server)")
+    p.add_argument("--url", help="measure an already running DICOMweb server at this root instead")
+    p.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory figures")
+    p.add_argument("--orthanc-set", action="append", default=[], metavar="KEY=JSON",
+                   help='override an Orthanc option, e.g. StorageAccessOnFind=\'"Never"\' (repeatable)')
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each measured phase, wait up to this long for other processes to go idle")
+    p.add_argument("--json", metavar="PATH", help="also write every raw figure to this JSON file")
+    return p
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    sizes = QUICK if args.quick else FULL
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else sizes[name]  # noqa: E731
+    return Options(pick("instances"), pick("studies"), pick("series_size"), args.queries, args.metadata_runs,
+                   args.wado_runs, args.big_frames if args.big else 0, args.wait_quiet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--"]:  # `minipacs bench -- --quick`: the separator reaches us unconsumed
+        arguments = arguments[1:]
+    args = build_parser().parse_args(arguments)
+    try:
+        overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.orthanc_set)}
+    except ValueError as exc:
+        print(f"--orthanc-set expects KEY=JSON: {exc}", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args, options_from(args), overrides)
+    except KeyboardInterrupt:
+        print("interrupted: every server this run started has been stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) -> int:
+    plan = _plan(args)
+    if not plan:
+        return 2
+    env = environment()
+    print(f"minipacs {env['minipacs_rev']} | Orthanc {env['orthanc']} | {env['nproc']} CPUs, {env['memory_gib']} GiB RAM "
+          f"| Python {env['python']} | {env['date']}\n", flush=True)
+    data = prepare(options)
+    raw: list[dict[str, Any]] = []
+    failed = 0
+    for backend, targets in plan:
+        results: dict[str, TargetResult] = {}
+        for target in targets:
+            with _server(args, backend, target, overrides) as server:
+                say(f"{server.name} up ({server.description}) at {server.dicomweb_url}")
+                results[target] = run_target(server, data, options)
+        section, fails = _section(backend, results, options, args)
+        raw.append({"backend": backend, "results": {t: _raw(r) for t, r in results.items()}})
+        failed += fails
+        print(section, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"environment": env, "options": asdict(options),
+                                               "runs": raw}, indent=2, default=str))
+    return 1 if failed else 0
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    if args.url:
+        return [("external", ["external"])]
+    targets = [args.target] if args.target and args.target != "both" else ["minipacs", "orthanc"]
+    if args.target is None and not orthanc_available():
+        targets = ["minipacs"]
+    if "orthanc" in targets and not orthanc_available():
+        print("Orthanc is not installed (/usr/sbin/Orthanc with the DICOMweb plugin): measuring minipacs only; "
+              "install the Debian packages orthanc, orthanc-dicomweb and orthanc-postgresql to compare",
+              file=sys.stderr)
+        targets = [t for t in targets if t != "orthanc"]
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    if "postgres" in backends and (reason := postgres_available()):
+        print(f"{reason}: skipping the postgres pair", file=sys.stderr)
+        backends.remove("postgres")
+    return [(b, targets) for b in backends if targets]
+
+
+def _server(args: argparse.Namespace, backend: str, target: str, overrides: dict[str, Any]) -> AbstractContextManager[Server]:
+    if target == "external":
+        return _external(args.url.rstrip("/"), args.pid)
+    if target == "orthanc":
+        return running_orthanc(backend, overrides)
+    return running_minipacs(backend, args.workers, qido_max_limit=1000, storage=args.minipacs_storage)
+
+
+class _external(AbstractContextManager[Server]):
+    def __init__(self, url: str, pid: int | None) -> None:
+        self.server = Server("server", url, pid, "already running, started elsewhere")
+
+    def __enter__(self) -> Server:
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _section(backend: str, results: dict[str, TargetResult], options: Options, args: argparse.Namespace) -> tuple[str, int]:
+    mine = results.get("minipacs") or results.get("external")
+    theirs = results.get("orthanc")
+    rows = report.build_rows(mine, theirs, options.studies)
+    names = (mine.server.name if mine else "minipacs", "Orthanc")
+    notes = [f"{r.server.name}: {r.server.description}" for r in results.values()]
+    notes += [note for r in results.values() for note in r.server.notes]
+    notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency and memory: lower is better)")
+    passed, failed = report.tally(rows)
+    title = {"sqlite": "sqlite pair", "postgres": "postgres pair", "external": f"server at {args.url}"}[backend]
+    title += f" ({options.instances} instances, {options.studies:,} studies, {options.series_size}-instance series)"
+    notes.append(f"targets: {passed} PASS, {failed} FAIL")
+    return report.render(title, names, rows, notes), failed
+
+
+def _raw(result: TargetResult) -> dict[str, Any]:
+    data = asdict(result)
+    for name in ("qido",):
+        data[name] = {k: {**asdict(v), "p50": v.p50, "p95": v.p95} for k, v in getattr(result, name).items()}
+    if result.metadata:
+        data["metadata"] = {**asdict(result.metadata), "p50": result.metadata.p50, "p95": result.metadata.p95}
+    return data
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "nproc": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
+        "python": platform.python_version(),
+        "minipacs_rev": _git_rev(),
+        "orthanc": orthanc_version(),
+    }
+
+
+def _git_rev() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

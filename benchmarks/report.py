@@ -1,0 +1,176 @@
+"""Render results as a Markdown table per backend pair, with the targets and PASS/FAIL."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.runner import QUERY_KINDS, TargetResult
+from benchmarks.workloads import MB, Latency, Throughput
+
+RSS_LIMIT = 300 * MB
+QIDO_LIMIT_MS = 50.0
+METADATA_LIMIT_MS = 50.0
+
+
+@dataclass
+class Row:
+    label: str
+    mine: str
+    theirs: str
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _ratio(mine: float | None, theirs: float | None) -> float | None:
+    if mine is None or theirs is None or not theirs:
+        return None
+    return mine / theirs
+
+
+def _x(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}x"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else "PASS" if ok else "FAIL"
+
+
+def _stow_row(label: str, m: Throughput | None, o: Throughput | None, target: bool) -> Row:
+    def fmt(t: Throughput | None) -> str:
+        if t is None:
+            return "-"
+        failed = f", {t.failures} failed" if t.failures else ""
+        return f"{_num(t.per_second)} ({_num(t.mb_per_second)} MB/s{failed})"
+
+    ratio = _ratio(m.per_second if m else None, o.per_second if o else None)
+    row = Row(label, fmt(m), fmt(o), _x(ratio))
+    if target:
+        row.target = ">= 1.0x Orthanc"
+        ok = None if ratio is None or m is None else ratio >= 1.0 and not m.failures
+        row.verdict = _verdict(ok)
+    return row
+
+
+def _qido_row(kind: str, m: Latency | None, o: Latency | None, studies: int) -> Row:
+    def fmt(lat: Latency | None) -> str:
+        return "-" if lat is None else f"{_num(lat.p50)} / {_num(lat.p95)} ({_num(lat.median_results, 0)} hits)"
+
+    ratio = _ratio(m.p95 if m else None, o.p95 if o else None)
+    row = Row(f"QIDO {kind}: p50 / p95 ms", fmt(m), fmt(o), _x(ratio),
+              f"p95 <= 0.5x Orthanc and < {QIDO_LIMIT_MS:.0f} ms")
+    if m is not None:
+        absolute = m.p95 < QIDO_LIMIT_MS
+        row.verdict = _verdict(absolute and (ratio is None or ratio <= 0.5))
+        if ratio is None:
+            row.verdict += " (abs. only)"
+        if studies < 10_000:
+            row.verdict += f" ({studies:,} studies)"
+    return row
+
+
+def _rss_row(label: str, mine: int | None, theirs: int | None) -> Row:
+    ok = None if mine is None else mine < RSS_LIMIT
+
+    def fmt(value: int | None) -> str:
+        return "-" if value is None else _num(value / MB, 0)
+
+    return Row(label, fmt(mine), fmt(theirs), _x(_ratio(mine, theirs)), f"< {RSS_LIMIT // MB} MB", _verdict(ok))
+
+
+def _cpu_row(label: str, phase: str, unit: str, m: TargetResult | None, o: TargetResult | None) -> Row:
+    """CPU milliseconds per unit of work (instance, MB) spent by the server, its S3 server and
+    PostgreSQL."""
+    def fmt(r: TargetResult | None) -> str:
+        spent = r.cpu.get(phase, {}) if r else {}
+        if not spent.get(unit):
+            return "-"
+        text = _num(spent["server"] * 1000 / spent[unit], 2)
+        for key, name in (("helpers", "S3"), ("database", "PostgreSQL")):
+            if spent.get(key, 0) > 0:
+                text += f" +{_num(spent[key] * 1000 / spent[unit], 2)} {name}"
+        return text
+    return Row(label, fmt(m), fmt(o))
+
+
+def build_rows(m: TargetResult | None, o: TargetResult | None, studies: int) -> list[Row]:
+    rows = [
+        _stow_row("STOW-RS 1 client: instances/s (MB/s)", _get(m, "stow_1"), _get(o, "stow_1"), False),
+        _stow_row("STOW-RS 4 clients: instances/s (MB/s)", _get(m, "stow_4"), _get(o, "stow_4"), True),
+        _cpu_row("(STOW-RS 4 clients: server CPU ms per instance)", "stow_4", "instances", m, o),
+    ]
+    for kind in QUERY_KINDS:
+        mine, theirs = (m.qido.get(kind) if m else None), (o.qido.get(kind) if o else None)
+        if mine or theirs:
+            rows.append(_qido_row(kind, mine, theirs, studies))
+    rows += _read_rows(m, o)
+    rows += _memory_rows(m, o)
+    for phase in ("series", "studies"):
+        ms, os_ = (m.seeding.get(phase) if m else None), (o.seeding.get(phase) if o else None)
+        rows.append(Row(f"(seeding the {phase}, s; not a target)", _num(ms), _num(os_), _x(_ratio(ms, os_))))
+    return rows
+
+
+def _get(result: TargetResult | None, name: str) -> Any:
+    return None if result is None else getattr(result, name)
+
+
+def _read_rows(m: TargetResult | None, o: TargetResult | None) -> list[Row]:
+    mw, ow = _get(m, "wado"), _get(o, "wado")
+    mine, theirs = (mw.mb_per_second if mw else None), (ow.mb_per_second if ow else None)
+    wado_ratio = _ratio(mine, theirs)
+    mm, om = _get(m, "metadata"), _get(o, "metadata")
+
+    def meta(lat: Latency | None) -> str:
+        return "-" if lat is None else f"{_num(lat.p50)} / {_num(lat.p95)}"
+
+    return [
+        Row("WADO-RS whole series: MB/s", _num(mine), _num(theirs), _x(wado_ratio), ">= 1.0x Orthanc",
+            _verdict(None if wado_ratio is None else wado_ratio >= 1.0)),
+        _cpu_row("(WADO-RS: server CPU ms per MB)", "wado", "mb", m, o),
+        Row("Series /metadata: p50 / p95 ms", meta(mm), meta(om),
+            _x(_ratio(mm.p50 if mm else None, om.p50 if om else None)), f"p50 < {METADATA_LIMIT_MS:.0f} ms",
+            _verdict(None if mm is None else mm.p50 < METADATA_LIMIT_MS)),
+    ]
+
+
+def _memory_rows(m: TargetResult | None, o: TargetResult | None) -> list[Row]:
+    rows = [_rss_row("Peak server RSS, whole run (MB)", _get(m, "peak_rss"), _get(o, "peak_rss"))]
+    bigs = [t for t in (_get(m, "big"), _get(o, "big")) if t is not None]
+    if not bigs:
+        return rows
+
+    def big(t: Throughput | None) -> str:
+        if t is None:
+            return "-"
+        return f"{_num(t.seconds)} s ({_num(t.mb_per_second)} MB/s)" + (" FAILED" if t.failures else "")
+
+    size = max(t.bytes for t in bigs) / 1e9
+    name = f"{size:.1f} GB" if size >= 1 else f"{size * 1000:.0f} MB"
+    rows.append(Row(f"{name} STOW-RS (one request): time", big(_get(m, "big")), big(_get(o, "big"))))
+    rows.append(_rss_row(f"Server RSS during the {name} STOW (MB)", _get(m, "big_rss"), _get(o, "big_rss")))
+    return rows
+
+
+def render(title: str, names: tuple[str, str], rows: list[Row], notes: list[str]) -> str:
+    header = ["Figure", names[0], names[1], "ratio", "target", "verdict"]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.label, row.mine, row.theirs, row.ratio, row.target, row.verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines.append("")
+        lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def tally(rows: list[Row]) -> tuple[int, int]:
+    passed = sum(r.verdict.startswith("PASS") for r in rows)
+    failed = sum(r.verdict.startswith("FAIL") for r in rows)
+    return passed, failed

@@ -1,0 +1,211 @@
+"""One benchmark run against one server: the same prepared data, the same sequence of phases."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+from benchmarks import dicomgen, workloads
+from benchmarks.dicomgen import Study
+from benchmarks.memory import CpuMeter, RssSampler, wait_until_quiet
+from benchmarks.servers import Server, temp_folder
+from benchmarks.workloads import Latency, Throughput
+
+QUERY_KINDS = ("PatientID", "PatientName *x*", "StudyDate 30 days", "AccessionNumber", "ModalitiesInStudy",
+               "no filter, limit=100")
+STUDY_SIZE = 100  # instances per study in the STOW ingest figures
+SERIES_BATCH = 10  # instances per request when seeding the WADO series
+QIDO_BATCH = 100  # instances per request when seeding the QIDO studies
+
+
+@dataclass
+class Options:
+    instances: int
+    studies: int
+    series_size: int
+    queries: int
+    metadata_runs: int
+    wado_runs: int
+    big_frames: int  # 0: no huge STOW
+    wait_quiet: float = 0.0  # seconds to wait, before each measured phase, for other work to stop
+
+
+@dataclass
+class Prepared:
+    """Request bodies and queries, built once and sent unchanged to every server."""
+
+    stow_single: list[bytes]
+    stow_multi: list[bytes]
+    series_bodies: list[bytes]
+    series_study: str
+    series_uid: str
+    qido_bodies: list[bytes]
+    queries: dict[str, list[str]]
+    warmup: list[bytes]
+
+
+@dataclass
+class TargetResult:
+    server: Server
+    stow_1: Throughput | None = None
+    stow_4: Throughput | None = None
+    qido: dict[str, Latency] = field(default_factory=dict)
+    wado: Throughput | None = None
+    metadata: Latency | None = None
+    big: Throughput | None = None
+    big_rss: int | None = None  # peak summed VmRSS sampled during the huge STOW
+    peak_rss: int | None = None  # summed VmHWM at the end of the run
+    seeding: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> CPU seconds by whom
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def prepare(options: Options) -> Prepared:
+    began = time.perf_counter()
+    pool = dicomgen.pixel_pool(512, 512)
+    stow_single = _ingest_bodies(options.instances, pool, seed=11)
+    stow_multi = _ingest_bodies(options.instances, pool, seed=12)
+    series_study = dicomgen.make_studies(1, seed=13, accession_base=8_000_000)[0]
+    series = list(dicomgen.series_instances(series_study, options.series_size, rows=512, columns=512, pool=pool))
+    series_uid = _series_uid_of(series[0])
+    series_bodies = [dicomgen.stow_body(series[i : i + SERIES_BATCH]) for i in range(0, len(series), SERIES_BATCH)]
+    studies = dicomgen.make_studies(options.studies, seed=14)
+    small = dicomgen.pixel_pool(16, 16)
+    encoded = [dicomgen.encode_instance(s, _uid(), 1, 1, 16, 16, small[i % len(small)]) for i, s in enumerate(studies)]
+    qido_bodies = [dicomgen.stow_body(encoded[i : i + QIDO_BATCH]) for i in range(0, len(encoded), QIDO_BATCH)]
+    warm = dicomgen.make_studies(1, seed=15, accession_base=7_000_000)[0]
+    warmup = [dicomgen.stow_body([x]) for x in dicomgen.series_instances(warm, 4, rows=16, columns=16, pool=small)]
+    say(f"prepared request bodies in {time.perf_counter() - began:.1f} s")
+    return Prepared(stow_single, stow_multi, series_bodies, series_study.study_uid, series_uid, qido_bodies,
+                    build_queries(studies, options.queries), warmup)
+
+
+def _uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid())
+
+
+def _series_uid_of(data: bytes) -> str:
+    import io
+
+    import pydicom
+
+    return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SeriesInstanceUID)
+
+
+def _ingest_bodies(count: int, pool: list[bytes], *, seed: int) -> list[bytes]:
+    """``count`` single-instance bodies of 512x512 CT, in studies of STUDY_SIZE instances."""
+    bodies: list[bytes] = []
+    studies = dicomgen.make_studies(max(1, -(-count // STUDY_SIZE)), seed=seed, accession_base=seed * 100_000)
+    for study in studies:
+        size = min(STUDY_SIZE, count - len(bodies))
+        bodies += [dicomgen.stow_body([x]) for x in dicomgen.series_instances(study, size, rows=512, columns=512, pool=pool)]
+    return bodies
+
+
+def build_queries(studies: list[Study], count: int) -> dict[str, list[str]]:
+    """``count`` raw query strings per kind, each aimed at a few of the seeded studies."""
+    rng = random.Random(5)
+    picks = [rng.choice(studies) for _ in range(count)]
+    dates = []
+    for _ in range(count):
+        first = date(2005, 1, 1) + timedelta(days=rng.randrange(20 * 365 - 30))
+        dates.append(f"StudyDate={first:%Y%m%d}-{first + timedelta(days=29):%Y%m%d}")
+    return {
+        "PatientID": [f"PatientID={s.patient_id}" for s in picks],
+        "PatientName *x*": [f"PatientName=*{s.patient_name.split('^')[0]}*" for s in picks],
+        "StudyDate 30 days": dates,
+        "AccessionNumber": [f"AccessionNumber={s.accession}" for s in picks],
+        "ModalitiesInStudy": [f"ModalitiesInStudy={dicomgen.RARE_MODALITY}"] * count,
+        "no filter, limit=100": ["limit=100"] * count,
+    }
+
+
+def run_target(server: Server, data: Prepared, options: Options) -> TargetResult:
+    result = TargetResult(server)
+    url = server.dicomweb_url
+    cpu = CpuMeter(server.pid, server.helper_pids, server.database)
+    with RssSampler(server.pid) as rss:
+        workloads.seed(url, data.warmup, clients=1)
+        rss.set_phase("stow")
+        _quiet(server, options)
+        say(f"{server.name}: STOW-RS {len(data.stow_single)} instances, 1 client")
+        with cpu.phase("stow_1"):
+            result.stow_1 = workloads.stow(url, data.stow_single, 1)
+        _quiet(server, options)
+        say(f"{server.name}: STOW-RS {len(data.stow_multi)} instances, 4 clients")
+        with cpu.phase("stow_4"):
+            result.stow_4 = workloads.stow(url, data.stow_multi, 4)
+        cpu.phases["stow_4"]["instances"] = result.stow_4.items
+        rss.set_phase("seed")
+        say(f"{server.name}: seeding a {options.series_size}-instance series and {options.studies} studies")
+        result.seeding["series"] = workloads.seed(url, data.series_bodies)
+        result.seeding["studies"] = workloads.seed(url, data.qido_bodies)
+        rss.set_phase("read")
+        _read_phases(server, data, options, result, cpu)
+        if options.big_frames:
+            rss.set_phase("big")
+            _quiet(server, options)
+            with cpu.phase("big"):
+                result.big = _big_stow(server, options.big_frames)
+            rss.set_phase("end")
+            result.big_rss = rss.peaks.get("big")
+        rss.sample()
+        result.peak_rss = rss.hwm_seen if server.pid else None
+    result.cpu = cpu.phases
+    _check(server, result)
+    return result
+
+
+def _read_phases(server: Server, data: Prepared, options: Options, result: TargetResult, cpu: CpuMeter) -> None:
+    url = server.dicomweb_url
+    _quiet(server, options)
+    say(f"{server.name}: QIDO-RS ({options.queries} searches of each kind), WADO-RS, metadata")
+    with cpu.phase("qido"):
+        result.qido = {kind: workloads.qido(url, queries) for kind, queries in data.queries.items()}
+    _quiet(server, options)
+    with cpu.phase("wado"):
+        result.wado = workloads.retrieve_series(url, data.series_study, data.series_uid, runs=options.wado_runs)
+    cpu.phases["wado"]["mb"] = result.wado.bytes * options.wado_runs / workloads.MB
+    _quiet(server, options)
+    with cpu.phase("metadata"):
+        result.metadata = workloads.series_metadata(url, data.series_study, data.series_uid, runs=options.metadata_runs)
+
+
+def _quiet(server: Server, options: Options) -> None:
+    if options.wait_quiet <= 0:
+        return
+    if not wait_until_quiet(timeout=options.wait_quiet, cores=os.cpu_count() or 1):
+        say(f"other processes kept the machine busy for {options.wait_quiet:.0f} s; measuring anyway")
+
+
+def _big_stow(server: Server, frames: int) -> Throughput:
+    with temp_folder("bench-big-") as folder:
+        path = folder / "multiframe.dcm"
+        began = time.perf_counter()
+        size = dicomgen.write_multiframe(path, frames=frames, rows=1024, columns=1024)
+        say(f"{server.name}: wrote a {size / 1e9:.2f} GB multi-frame file in {time.perf_counter() - began:.1f} s; "
+            "sending it as one STOW-RS request")
+        return workloads.stow_file(server.dicomweb_url, Path(path))
+
+
+def _check(server: Server, result: TargetResult) -> None:
+    cores = os.cpu_count() or 1
+    for phase, spent in result.cpu.items():
+        if spent["wall"] > 0.5 and spent["others"] > 0.1 * spent["wall"] * cores:
+            server.notes.append(f"{server.name} {phase}: other processes used {spent['others']:.1f} CPU s of "
+                                f"{spent['wall'] * cores:.1f} available; this figure may be disturbed")
+    for name, figure in (("STOW 1 client", result.stow_1), ("STOW 4 clients", result.stow_4)):
+        if figure and figure.failures:
+            server.notes.append(f"{name}: {figure.failures} failed request(s), first: {figure.first_error}")
+    if result.big and result.big.failures:
+        server.notes.append(f"2 GB STOW failed: {result.big.first_error}")

@@ -1,0 +1,238 @@
+"""Start and stop the servers a benchmark run needs: minipacs, Orthanc, a moto S3 server, and
+fresh PostgreSQL databases. Everything binds to loopback on free ports, lives in temp folders,
+and is torn down by the context managers even when the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
+ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
+PG_ADMIN_DSN = os.environ.get("MINIPACS_BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+STARTUP_TIMEOUT = 60.0
+
+
+@dataclass
+class Server:
+    """A DICOMweb server under test: its DICOMweb root and, when we started it, its process."""
+
+    name: str
+    dicomweb_url: str
+    pid: int | None = None
+    description: str = ""
+    helper_pids: list[int] = field(default_factory=list)  # services it depends on (the S3 server)
+    database: str | None = None  # its PostgreSQL database
+    notes: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def orthanc_available() -> bool:
+    return ORTHANC_BINARY.exists() and (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").exists()
+
+
+def orthanc_version() -> str:
+    if not ORTHANC_BINARY.exists():
+        return "not installed"
+    out = subprocess.run([str(ORTHANC_BINARY), "--version"], capture_output=True, text=True, timeout=30).stdout
+    return out.splitlines()[0].split()[-1] if out else "unknown"
+
+
+# ---- processes ----------------------------------------------------------------------------
+
+@contextmanager
+def running_process(command: list[str], *, env: dict[str, str], cwd: Path, log_name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` in a session of its own (so a Ctrl-C reaches us first and we stop it
+    cleanly) with output to a log file in ``cwd``; stop it and its children on exit."""
+    log = (cwd / log_name).open("wb")
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_process_group(proc)
+        log.close()
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM the process group we created for ``proc``, then SIGKILL whatever is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # leader gone; make sure no worker outlives it
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = STARTUP_TIMEOUT,
+                     *, any_status: bool = False) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}; log:\n{_tail(log)}")
+        try:
+            status = httpx.get(url, timeout=2.0).status_code
+            if status == 200 or any_status:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not answer {url} within {timeout:.0f} s; log:\n{_tail(log)}")
+
+
+def _tail(path: Path, size: int = 3000) -> str:
+    try:
+        return path.read_bytes()[-size:].decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def temp_folder(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- PostgreSQL and S3 --------------------------------------------------------------------
+
+@contextmanager
+def fresh_database(label: str) -> Iterator[str]:
+    """Create an empty database on the local PostgreSQL; drop it (forcibly) afterwards."""
+    import psycopg
+
+    name = f"bench_{label}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_available() -> str | None:
+    """None when the local PostgreSQL answers, else the reason it does not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5):
+            return None
+    except Exception as exc:  # driver missing, server down, auth refused: all mean "skip"
+        return f"PostgreSQL unavailable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
+@contextmanager
+def running_moto(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A moto S3 server on a free loopback port; yields its endpoint URL and process id."""
+    script = Path(sys.executable).parent / "moto_server"
+    prog = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
+    port = free_port()
+    with running_process([*prog, "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **S3_ENV},
+                         cwd=workdir, log_name="moto.log") as proc:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_until_ready(endpoint + "/", proc, workdir / "moto.log", any_status=True)
+        yield endpoint, proc.pid
+
+
+# ---- minipacs -----------------------------------------------------------------------------
+
+@contextmanager
+def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: str = "s3") -> Iterator[Server]:
+    """minipacs on ``backend``; on postgres its blobs go to ``storage`` (s3: a moto server, or folder)."""
+    with ExitStack() as stack:
+        data = stack.enter_context(temp_folder("minipacs-bench-"))
+        port = free_port()
+        env = {**os.environ, "MINIPACS_DATA_DIR": str(data / "data"), "MINIPACS_HTTP_PORT": str(port),
+               "MINIPACS_HTTP_WORKERS": str(workers), "MINIPACS_QIDO_MAX_LIMIT": str(qido_max_limit),
+               "MINIPACS_AUTH": "off", "MINIPACS_LOG_LEVEL": "warning", "MINIPACS_DICOM_PORT": str(free_port())}
+        env.pop("MINIPACS_CONFIG", None)
+        helpers: list[int] = []
+        database: str | None = None
+        description = "SQLite index + folder storage"
+        if backend == "postgres":
+            database = stack.enter_context(fresh_database("minipacs"))
+            env["MINIPACS_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+            description = "PostgreSQL index + folder storage"
+            if storage == "s3":
+                endpoint, moto_pid = stack.enter_context(running_moto(data))
+                helpers.append(moto_pid)
+                env.update({**S3_ENV, "MINIPACS_STORAGE_URL": "s3://minipacs-bench/blobs",
+                            "MINIPACS_S3_ENDPOINT_URL": endpoint})
+                description = "PostgreSQL index + S3 (moto server on loopback)"
+        command = [sys.executable, "-m", "pacs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        proc = stack.enter_context(running_process(command, env=env, cwd=data, log_name="minipacs.log"))
+        wait_until_ready(f"http://127.0.0.1:{port}/health", proc, data / "minipacs.log")
+        yield Server("minipacs", f"http://127.0.0.1:{port}/dicom-web", proc.pid,
+                     f"{description}, {workers} HTTP worker(s)", helper_pids=helpers, database=database)
+
+
+# ---- Orthanc ------------------------------------------------------------------------------
+
+def orthanc_config(work: Path, http_port: int, dicom_port: int, database: str | None,
+                   overrides: dict[str, Any]) -> dict[str, Any]:
+    plugins = [str(ORTHANC_PLUGINS / "libOrthancDicomWeb.so")]
+    config: dict[str, Any] = {
+        "Name": "BENCH", "HttpPort": http_port, "DicomPort": dicom_port,
+        "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": plugins,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    if database is not None:
+        plugins.append(str(ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so"))
+        config["PostgreSQL"] = {"EnableIndex": True, "EnableStorage": False, "Host": "127.0.0.1", "Port": 5432,
+                                "Database": database, "Username": "postgres", "Password": ""}
+    config.update(overrides)
+    return config
+
+
+@contextmanager
+def running_orthanc(backend: str, overrides: dict[str, Any]) -> Iterator[Server]:
+    with ExitStack() as stack:
+        work = stack.enter_context(temp_folder("orthanc-bench-"))
+        database = stack.enter_context(fresh_database("orthanc")) if backend == "postgres" else None
+        port = free_port()
+        config = orthanc_config(work, port, free_port(), database, overrides)
+        (work / "config.json").write_text(json.dumps(config, indent=2))
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        proc = stack.enter_context(running_process([str(ORTHANC_BINARY), str(work / "config.json")],
+                                                   env=env, cwd=work, log_name="orthanc.log"))
+        wait_until_ready(f"http://127.0.0.1:{port}/system", proc, work / "orthanc.log")
+        description = ("PostgreSQL index + folder storage (no S3 plugin in Debian)" if database
+                       else "SQLite index + folder storage")
+        notes = [f"Orthanc settings changed from defaults: {', '.join(sorted(overrides))}"] if overrides else []
+        yield Server("Orthanc", f"http://127.0.0.1:{port}/dicom-web", proc.pid,
+                     f"{description}, Orthanc {orthanc_version()} defaults", notes=notes, database=database)
