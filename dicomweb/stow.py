@@ -67,7 +67,7 @@ async def store(request: Request, services: Services, study: str | None) -> Resp
         try:
             async for event in iter_parts(request.stream(), boundary):
                 if isinstance(event, PartStart):
-                    current, current_path = _open_part(services, event.headers, run)
+                    current, current_path = await _open_part(services, event.headers, run)
                 elif isinstance(event, PartData) and current is not None:
                     current.write(event.data)
                 elif isinstance(event, PartEnd) and current is not None:
@@ -111,14 +111,16 @@ def _request_boundary(content_type: str) -> str:
     return boundary_of(parsed)
 
 
-def _open_part(services: Services, headers: dict[str, str], run: StowRun) -> tuple[Any, Path | None]:
-    """A temp file for the next part, or (None, None) when the part is not application/dicom."""
+async def _open_part(services: Services, headers: dict[str, str], run: StowRun) -> tuple[Any, Path | None]:
+    """A temp file for the next part, or (None, None) when the part is not application/dicom.
+    Created in a worker thread: under sync load, creating a file waits on the filesystem
+    journal, and the event loop must keep reading other requests meanwhile."""
     part_type = headers.get("content-type")
     if part_type and _media_type(part_type) != DICOM:
         error = errors.UnsupportedMediaType(f"part of type {part_type!r} is not application/dicom")
         run.reports.append(StoreReport(source="part", error=error))
         return None, None
-    fd, path = services.ingest.temp_file()
+    fd, path = await run_in_threadpool(services.ingest.temp_file)
     return os.fdopen(fd, "wb", buffering=1 << 20), path
 
 

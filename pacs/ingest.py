@@ -22,6 +22,7 @@ from pydicom.uid import UID
 
 from pacs.dicom.instance import ParsedInstance, inspect_instance
 from pacs.errors import DuplicateInstance, InvalidDicom, InvalidInput, PacsError, StorageUnavailable, StudyMismatch
+from pacs.group_commit import GroupCommitter
 from pacs.index.repository import CommitResult, IndexRepository, NewInstance, Outcome, check_same_place
 from storage.base import BlobStore
 
@@ -48,6 +49,7 @@ class StoreReport:
 class IngestService:
     def __init__(self, index: IndexRepository, blobs: BlobStore, *, duplicate_policy: str, temp_dir: Path) -> None:
         self.index = index
+        self.committer = GroupCommitter(index, duplicate_policy)
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.temp_dir = temp_dir
@@ -159,9 +161,7 @@ class IngestService:
         if not written:
             return
         try:
-            results: list[CommitResult | Exception] = self.index.commit_instances(
-                [item for _, item, _ in written], self.duplicate_policy
-            )
+            results: list[CommitResult | Exception] = self.committer.commit([item for _, item, _ in written])
         except PacsError as exc:
             for i, item, path in written:
                 self._discard(item.blob_key)
@@ -188,6 +188,9 @@ class IngestService:
             self.blobs.delete(key)
         except PacsError:
             log.warning("could not delete unreferenced blob %s; it can be removed by hand", key)
+
+    def close(self) -> None:
+        self.committer.close()
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
         keys = self.index.delete(study_uid, series_uid, sop_uid)

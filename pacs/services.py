@@ -50,5 +50,6 @@ class Services:
         return cls(settings, engine, index, blobs, ingest, RetrieveService(index, blobs), remote_aes)
 
     def close(self) -> None:
+        self.ingest.close()
         self.blobs.close()
         self.engine.dispose()

@@ -1,0 +1,82 @@
+"""Group commit hands every caller exactly its own results, and never leaves one waiting."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from pacs.errors import DatabaseUnavailable
+from pacs.group_commit import GroupCommitter
+
+
+class RecordingIndex:
+    """Stands in for IndexRepository.commit_instances: echoes items, records batch sizes."""
+
+    def __init__(self, gate: threading.Event | None = None, fail: bool = False) -> None:
+        self.batches: list[list[Any]] = []
+        self.gate = gate
+        self.fail = fail
+
+    def commit_instances(self, items: list[Any], policy: str) -> list[Any]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.batches.append(list(items))
+        if self.fail:
+            raise DatabaseUnavailable("database unavailable: test")
+        return [f"{policy}:{item}" for item in items]
+
+
+def test_each_caller_gets_its_own_results_in_order() -> None:
+    committer = GroupCommitter(RecordingIndex(), "keep")  # type: ignore[arg-type]
+    try:
+        assert committer.commit(["a", "b"]) == ["keep:a", "keep:b"]  # type: ignore[list-item]
+        assert committer.commit(["c"]) == ["keep:c"]  # type: ignore[list-item]
+    finally:
+        committer.close()
+
+
+def test_concurrent_callers_share_transactions() -> None:
+    gate = threading.Event()
+    index = RecordingIndex(gate)
+    committer = GroupCommitter(index, "keep")  # type: ignore[arg-type]
+    answers: dict[int, list[Any]] = {}
+
+    def call(n: int) -> None:
+        answers[n] = committer.commit([f"{n}-1", f"{n}-2"])  # type: ignore[list-item]
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        while sum(len(b) for b in index.batches) == 0 and committer._queue.qsize() < 7:
+            threading.Event().wait(0.01)  # let the others queue behind the first, held, commit
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        committer.close()
+    assert answers == {n: [f"keep:{n}-1", f"keep:{n}-2"] for n in range(8)}
+    assert len(index.batches) < 8  # at least some callers were committed together
+    assert sorted(i for b in index.batches for i in b) == sorted(f"{n}-{k}" for n in range(8) for k in (1, 2))
+
+
+def test_a_failed_group_fails_every_caller_in_it() -> None:
+    committer = GroupCommitter(RecordingIndex(fail=True), "keep")  # type: ignore[arg-type]
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            committer.commit(["a"])  # type: ignore[list-item]
+        with pytest.raises(DatabaseUnavailable):
+            committer.commit(["b"])  # type: ignore[list-item]
+    finally:
+        committer.close()
+
+
+def test_close_stops_the_thread_and_a_later_commit_restarts_it() -> None:
+    committer = GroupCommitter(RecordingIndex(), "keep")  # type: ignore[arg-type]
+    committer.commit(["a"])  # type: ignore[list-item]
+    committer.close()
+    assert committer._thread is None
+    assert committer.commit(["b"]) == ["keep:b"]  # type: ignore[list-item]
+    committer.close()
