@@ -34,8 +34,8 @@ QUICK = {"instances": 100, "studies": 500, "series_size": 50}
 FULL = {"instances": 1000, "studies": 10_000, "series_size": 300}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite",
                    help="sqlite: SQLite + folder; postgres: PostgreSQL + S3 (moto) for minipacs, "
                         "PostgreSQL + folder for Orthanc (default sqlite)")
@@ -70,11 +70,11 @@ def options_from(args: argparse.Namespace) -> Options:
                    args.wado_runs, args.big_frames if args.big else 0, args.wait_quiet)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks") -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["--"]:  # `minipacs bench -- --quick`: the separator reaches us unconsumed
+    if arguments[:1] == ["--"]:  # `minipacs bench -- --quick` still works
         arguments = arguments[1:]
-    args = build_parser().parse_args(arguments)
+    args = build_parser(prog).parse_args(arguments)
     try:
         overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.orthanc_set)}
     except ValueError as exc:

@@ -404,3 +404,10 @@ def test_serve_refuses_a_busy_port(tmp_path: Path, data_env: dict[str, str], ser
     assert result.returncode != 0
     assert "address already in use" in (result.stdout + result.stderr).lower()
     assert _answers(server.port)  # the first one is unharmed
+
+
+def test_bench_options_reach_the_benchmark_parser() -> None:
+    # --quick and --target belong to the benchmark; an invalid choice proves they got there.
+    result = minipacs("bench", "--quick", "--target", "nothing")
+    assert result.returncode == 2
+    assert "minipacs bench: error: argument --target: invalid choice: 'nothing'" in result.stderr
