@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -24,17 +23,13 @@ def retrieve_instances(request: Request, services: Services, study: str, series:
     stored = services.retrieve.locate(study, series, sop)
     negotiate_instances(accept, {s.transfer_syntax_uid for s in stored})
     boundary = new_boundary()
-    parts = ((_instance_headers(s), services.retrieve.iter_file(s)) for s in _lazy(stored))
+    parts = ((_instance_headers(s), chunks) for s, chunks in services.retrieve.iter_files(stored))
     syntaxes = {s.transfer_syntax_uid for s in stored}
     params = {"transfer-syntax": syntaxes.pop()} if len(syntaxes) == 1 else {}
     return StreamingResponse(
         iter_multipart(parts, boundary),
         media_type=multipart_content_type(DICOM, boundary, **params),
     )
-
-
-def _lazy(stored: list[StoredInstance]) -> Iterator[StoredInstance]:
-    yield from stored
 
 
 def _instance_headers(stored: StoredInstance) -> dict[str, str]:

@@ -6,8 +6,11 @@ without a usable layout (deflated data sets, unaligned 1-bit frames) are parsed 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import pydicom
@@ -20,6 +23,7 @@ from storage.base import BlobStore
 
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}  # bytes swapped per word for big endian
+READ_AHEAD = 3  # object-store reads opened ahead of the one being streamed
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
@@ -42,6 +46,26 @@ class RetrieveService:
 
     def iter_file(self, stored: StoredInstance) -> Iterator[bytes]:
         return self.blobs.iter_range(stored.blob_key)
+
+    def iter_files(self, stored: list[StoredInstance]) -> Iterator[tuple[StoredInstance, Iterator[bytes]]]:
+        """Each instance with its byte stream, in order. From an object store the next few reads
+        are opened ahead, so their time to first byte overlaps the current transfer instead of
+        adding up over a series; bodies are still read one at a time (memory stays flat)."""
+        if not stored or self.blobs.local_path(stored[0].blob_key) is not None:
+            for item in stored:
+                yield item, self.iter_file(item)
+            return
+        upcoming = iter(stored)
+        with ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="read-ahead") as pool:
+            opened: deque[tuple[StoredInstance, Future[Iterator[bytes]]]] = deque(
+                (item, pool.submit(self.iter_file, item)) for item in islice(upcoming, READ_AHEAD)
+            )
+            while opened:
+                item, future = opened.popleft()
+                following = next(upcoming, None)
+                if following is not None:
+                    opened.append((following, pool.submit(self.iter_file, following)))
+                yield item, future.result()
 
     def frame_transfer_syntax(self, stored: StoredInstance) -> str:
         """The syntax frames are served in without transcoding: native data always as Explicit LE."""

@@ -119,24 +119,20 @@ def wildcard_to_like(value: str) -> str:
 
 def _add_study_counts(conn: Connection, rows: list[Row]) -> None:
     keys = sorted({r["_study_pk"] if "_study_pk" in r else r["_pk"] for r in rows})
-    series_count: dict[int, int] = {}
+    series_count: dict[int, int] = defaultdict(int)
+    instance_count: dict[int, int] = defaultdict(int)
     modalities: dict[int, set[str]] = defaultdict(set)
+    # One round trip: per series of the page's studies, its modality and instance count.
     for study_pk, modality, n in conn.execute(
-        select(series.c.study_pk, series.c.modality, func.count())
+        select(series.c.study_pk, series.c.modality, func.count(instances.c.pk))
+        .outerjoin(instances, instances.c.series_pk == series.c.pk)
         .where(series.c.study_pk.in_(keys))
-        .group_by(series.c.study_pk, series.c.modality)
+        .group_by(series.c.pk, series.c.study_pk, series.c.modality)
     ):
-        series_count[study_pk] = series_count.get(study_pk, 0) + n
+        series_count[study_pk] += 1
+        instance_count[study_pk] += n
         if modality:
             modalities[study_pk].add(modality)
-    instance_count: dict[int, int] = dict(
-        conn.execute(
-            select(series.c.study_pk, func.count(instances.c.pk))
-            .join(instances, instances.c.series_pk == series.c.pk)
-            .where(series.c.study_pk.in_(keys))
-            .group_by(series.c.study_pk)
-        ).all()
-    )
     for row in rows:
         pk = int(row["_study_pk"] if "_study_pk" in row else row["_pk"])
         row["modalities_in_study"] = sorted(modalities.get(pk, ()))

@@ -48,3 +48,15 @@ def test_delete_study_removes_it(client: TestClient) -> None:
     assert client.delete(f"/dicom-web/studies/{ds.StudyInstanceUID}").status_code == 204
     assert client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata").status_code == 404
     assert client.get("/dicom-web/studies").json() == []
+
+
+def test_series_retrieve_streams_every_instance_in_order(client: TestClient) -> None:
+    """More instances than the object-store read-ahead: all arrive, in instance order, intact."""
+    instances = make_series(7)
+    body, content_type = stow_body(list(reversed(instances)))
+    assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    first = instances[0]
+    answer = client.get(f"/dicom-web/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}")
+    parts = split_multipart(answer.headers["content-type"], answer.content)
+    assert [p for _, p in parts] == [to_bytes(ds) for ds in instances]
+    assert [int(h["content-length"]) for h, _ in parts] == [len(p) for _, p in parts]
