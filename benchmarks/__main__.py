@@ -1,4 +1,4 @@
-"""`python -m benchmarks` / `minipacs bench`: minipacs (and Orthanc) under the same DICOMweb load.
+"""`python -m benchmarks` / `minipacs bench`: minipacs (and Orthanc) under the same DICOMweb (and DIMSE) load.
 
 See benchmarks/README.md for what each figure means.
 """
@@ -14,20 +14,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import dimse, report
 from benchmarks.runner import Options, TargetResult, prepare, run_target, say
 from benchmarks.servers import (
     Server,
+    free_port,
     orthanc_available,
     orthanc_version,
     postgres_available,
     running_minipacs,
     running_orthanc,
+    temp_folder,
 )
 
 QUICK = {"instances": 100, "studies": 500, "series_size": 50}
@@ -57,6 +59,10 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory figures")
     p.add_argument("--orthanc-set", action="append", default=[], metavar="KEY=JSON",
                    help='override an Orthanc option, e.g. StorageAccessOnFind=\'"Never"\' (repeatable)')
+    p.add_argument("--dimse", action="store_true",
+                   help="also measure DIMSE: C-STORE (storescu), C-FIND, C-MOVE (to storescp), C-GET (getscu)")
+    p.add_argument("--dimse-only", action="store_true",
+                   help="only the DIMSE figures (the QIDO studies and the series are still seeded over STOW-RS)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each measured phase, wait up to this long for other processes to go idle")
     p.add_argument("--json", metavar="PATH", help="also write every raw figure to this JSON file")
@@ -65,9 +71,10 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace) -> Options:
     sizes = QUICK if args.quick else FULL
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else sizes[name]  # noqa: E731
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else sizes[name]
     return Options(pick("instances"), pick("studies"), pick("series_size"), args.queries, args.metadata_runs,
-                   args.wado_runs, args.big_frames if args.big else 0, args.wait_quiet)
+                   args.wado_runs, args.big_frames if args.big and not args.dimse_only else 0, args.wait_quiet,
+                   dimse=args.dimse or args.dimse_only, dicomweb=not args.dimse_only)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks") -> int:
@@ -98,22 +105,27 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
     plan = _plan(args)
     if not plan:
         return 2
+    if options.dimse and (reason := _dimse_unavailable(args)):
+        print(reason, file=sys.stderr)
+        return 2
     env = environment()
     print(f"minipacs {env['minipacs_rev']} | Orthanc {env['orthanc']} | {env['nproc']} CPUs, {env['memory_gib']} GiB RAM "
           f"| Python {env['python']} | {env['date']}\n", flush=True)
-    data = prepare(options)
     raw: list[dict[str, Any]] = []
     failed = 0
-    for backend, targets in plan:
-        results: dict[str, TargetResult] = {}
-        for target in targets:
-            with _server(args, backend, target, overrides) as server:
-                say(f"{server.name} up ({server.description}) at {server.dicomweb_url}")
-                results[target] = run_target(server, data, options)
-        section, fails = _section(backend, results, options, args)
-        raw.append({"backend": backend, "results": {t: _raw(r) for t, r in results.items()}})
-        failed += fails
-        print(section, flush=True)
+    with ExitStack() as stack:
+        files = stack.enter_context(temp_folder("bench-cstore-")) if options.dimse else None
+        data = prepare(options, files)
+        for backend, targets in plan:
+            results: dict[str, TargetResult] = {}
+            for target in targets:
+                with _server(args, options, backend, target, overrides) as server:
+                    say(f"{server.name} up ({server.description}) at {server.dicomweb_url}")
+                    results[target] = run_target(server, data, options)
+            raw.append({"backend": backend, "results": {t: _raw(r) for t, r in results.items()}})
+            for section, fails in _sections(backend, results, options, args):
+                failed += fails
+                print(section, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "options": asdict(options),
                                                "runs": raw}, indent=2, default=str))
@@ -138,12 +150,24 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return [(b, targets) for b in backends if targets]
 
 
-def _server(args: argparse.Namespace, backend: str, target: str, overrides: dict[str, Any]) -> AbstractContextManager[Server]:
+def _dimse_unavailable(args: argparse.Namespace) -> str | None:
+    if args.url:
+        return "--dimse and --dimse-only need servers this benchmark starts (not --url)"
+    if missing := dimse.missing_tools():
+        return (f"the DIMSE figures need dcmtk ({', '.join(str(dimse.DCMTK / m) for m in missing)} missing): "
+                "install the Debian package dcmtk")
+    return None
+
+
+def _server(args: argparse.Namespace, options: Options, backend: str, target: str,
+            overrides: dict[str, Any]) -> AbstractContextManager[Server]:
     if target == "external":
         return _external(args.url.rstrip("/"), args.pid)
+    receiver = free_port() if options.dimse else None  # the storescp C-MOVE sends to, registered at start
     if target == "orthanc":
-        return running_orthanc(backend, overrides)
-    return running_minipacs(backend, args.workers, qido_max_limit=1000, storage=args.minipacs_storage)
+        return running_orthanc(backend, overrides, receiver_port=receiver)
+    return running_minipacs(backend, args.workers, qido_max_limit=1000, storage=args.minipacs_storage,
+                            receiver_port=receiver)
 
 
 class _external(AbstractContextManager[Server]):
@@ -157,6 +181,20 @@ class _external(AbstractContextManager[Server]):
         return None
 
 
+def _sections(backend: str, results: dict[str, TargetResult], options: Options,
+              args: argparse.Namespace) -> list[tuple[str, int]]:
+    sections = []
+    if options.dicomweb:
+        sections.append(_section(backend, results, options, args))
+    if options.dimse:
+        sections.append(_dimse_section(backend, results, options, args))
+    return sections
+
+
+def _pair_title(backend: str, args: argparse.Namespace) -> str:
+    return {"sqlite": "sqlite pair", "postgres": "postgres pair", "external": f"server at {args.url}"}[backend]
+
+
 def _section(backend: str, results: dict[str, TargetResult], options: Options, args: argparse.Namespace) -> tuple[str, int]:
     mine = results.get("minipacs") or results.get("external")
     theirs = results.get("orthanc")
@@ -166,10 +204,50 @@ def _section(backend: str, results: dict[str, TargetResult], options: Options, a
     notes += [note for r in results.values() for note in r.server.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency and memory: lower is better)")
     passed, failed = report.tally(rows)
-    title = {"sqlite": "sqlite pair", "postgres": "postgres pair", "external": f"server at {args.url}"}[backend]
+    title = _pair_title(backend, args)
     title += f" ({options.instances} instances, {options.studies:,} studies, {options.series_size}-instance series)"
     notes.append(f"targets: {passed} PASS, {failed} FAIL")
     return report.render(title, names, rows, notes), failed
+
+
+def _dimse_section(backend: str, results: dict[str, TargetResult], options: Options,
+                   args: argparse.Namespace) -> tuple[str, int]:
+    mine, theirs = results.get("minipacs"), results.get("orthanc")
+    rows = report.build_dimse_rows(mine, theirs, options.studies, options.series_size)
+    notes = [f"{r.server.name}: {r.server.description}" for r in results.values()]
+    if options.dicomweb:  # the other section already lists them
+        notes = []
+    notes += [
+        (f"C-STORE: /usr/bin/storescu (dcmtk), one process per association, each sending a folder (`+sd`) of "
+         f"files written beforehand ({options.instances} files over 1 association; {options.instances} others, a "
+         f"quarter per process, over {dimse.PARALLEL}); the clock runs from the first process start to the last exit"),
+        (f"C-ECHO and C-FIND: a pynetdicom {_pynetdicom_version()} SCU in the benchmark process, Study Root, "
+         f"{options.queries} queries of each kind after 2 warm-ups, all on one association; time from sending the "
+         f"request to the final response, {len(dimse.FIND_KEYS)} return keys; the C-ECHO row is the round-trip "
+         "floor of this client and the server's DIMSE stack"),
+        (f"C-MOVE: /usr/bin/movescu to a /usr/bin/storescp on loopback that writes the files; C-GET: "
+         f"/usr/bin/getscu writing to a folder; wall time of the movescu/getscu process, median of "
+         f"{options.wado_runs} runs"),
+        ("dcmtk runs with TCP_NODELAY=1 and its default PDU size (16 KB receive); Orthanc at its defaults "
+         "(MaximumPduLength 16384), minipacs at its defaults (MINIPACS_DICOM_MAX_PDU 262144)"),
+    ]
+    notes += [note for r in results.values() if r.dimse for note in r.dimse.notes]
+    notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency: lower is better)")
+    passed, failed = report.tally(rows)
+    notes.append(f"targets: {passed} PASS, {failed} FAIL")
+    title = (f"{_pair_title(backend, args)}, DIMSE ({options.instances} instances per "
+             f"C-STORE figure, {options.studies:,} studies, {options.series_size}-instance series)")
+    names = ("minipacs", "Orthanc")
+    return report.render(title, names, rows, notes), failed
+
+
+def _pynetdicom_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pynetdicom")
+    except PackageNotFoundError:
+        return "(unknown version)"
 
 
 def _raw(result: TargetResult) -> dict[str, Any]:
@@ -178,6 +256,9 @@ def _raw(result: TargetResult) -> dict[str, Any]:
         data[name] = {k: {**asdict(v), "p50": v.p50, "p95": v.p95} for k, v in getattr(result, name).items()}
     if result.metadata:
         data["metadata"] = {**asdict(result.metadata), "p50": result.metadata.p50, "p95": result.metadata.p95}
+    if result.dimse is not None:
+        latencies = {"echo": result.dimse.echo, **{f"find {k}": v for k, v in result.dimse.find.items()}}
+        data["dimse"]["latency_percentiles"] = {k: {"p50": v.p50, "p95": v.p95} for k, v in latencies.items() if v}
     return data
 
 
@@ -194,7 +275,7 @@ def environment() -> dict[str, Any]:
 
 def _git_rev() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() or "unknown"
     except OSError:

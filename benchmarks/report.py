@@ -6,11 +6,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.dimse import FIND_KINDS, PARALLEL, DimseResult
 from benchmarks.runner import QUERY_KINDS, TargetResult
 from benchmarks.workloads import MB, Latency, Throughput
 
 RSS_LIMIT = 300 * MB
 QIDO_LIMIT_MS = 50.0
+CFIND_LIMIT_MS = 50.0
 METADATA_LIMIT_MS = 50.0
 
 
@@ -42,7 +44,9 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else "PASS" if ok else "FAIL"
 
 
-def _stow_row(label: str, m: Throughput | None, o: Throughput | None, target: bool) -> Row:
+def _stow_row(label: str, m: Throughput | None, o: Throughput | None, target: bool, minimum: float = 1.0) -> Row:
+    """Instances/s (MB/s); with ``target``, PASS when at least ``minimum`` times Orthanc's rate
+    and nothing failed."""
     def fmt(t: Throughput | None) -> str:
         if t is None:
             return "-"
@@ -52,21 +56,22 @@ def _stow_row(label: str, m: Throughput | None, o: Throughput | None, target: bo
     ratio = _ratio(m.per_second if m else None, o.per_second if o else None)
     row = Row(label, fmt(m), fmt(o), _x(ratio))
     if target:
-        row.target = ">= 1.0x Orthanc"
-        ok = None if ratio is None or m is None else ratio >= 1.0 and not m.failures
+        row.target = f">= {minimum:.1f}x Orthanc"
+        ok = None if ratio is None or m is None else ratio >= minimum and not m.failures
         row.verdict = _verdict(ok)
     return row
 
 
-def _qido_row(kind: str, m: Latency | None, o: Latency | None, studies: int) -> Row:
+def _qido_row(kind: str, m: Latency | None, o: Latency | None, studies: int, *, label: str = "QIDO",
+              limit_ms: float = QIDO_LIMIT_MS) -> Row:
     def fmt(lat: Latency | None) -> str:
         return "-" if lat is None else f"{_num(lat.p50)} / {_num(lat.p95)} ({_num(lat.median_results, 0)} hits)"
 
     ratio = _ratio(m.p95 if m else None, o.p95 if o else None)
-    row = Row(f"QIDO {kind}: p50 / p95 ms", fmt(m), fmt(o), _x(ratio),
-              f"p95 <= 0.5x Orthanc and < {QIDO_LIMIT_MS:.0f} ms")
+    row = Row(f"{label} {kind}: p50 / p95 ms", fmt(m), fmt(o), _x(ratio),
+              f"p95 <= 0.5x Orthanc and < {limit_ms:.0f} ms")
     if m is not None:
-        absolute = m.p95 < QIDO_LIMIT_MS
+        absolute = m.p95 < limit_ms
         row.verdict = _verdict(absolute and (ratio is None or ratio <= 0.5))
         if ratio is None:
             row.verdict += " (abs. only)"
@@ -89,7 +94,7 @@ def _cpu_row(label: str, phase: str, unit: str, m: TargetResult | None, o: Targe
     PostgreSQL."""
     def fmt(r: TargetResult | None) -> str:
         spent = r.cpu.get(phase, {}) if r else {}
-        if not spent.get(unit):
+        if not spent.get(unit) or not spent.get("wall"):
             return "-"
         text = _num(spent["server"] * 1000 / spent[unit], 2)
         for key, name in (("helpers", "S3"), ("database", "PostgreSQL")):
@@ -155,6 +160,40 @@ def _memory_rows(m: TargetResult | None, o: TargetResult | None) -> list[Row]:
     name = f"{size:.1f} GB" if size >= 1 else f"{size * 1000:.0f} MB"
     rows.append(Row(f"{name} STOW-RS (one request): time", big(_get(m, "big")), big(_get(o, "big"))))
     rows.append(_rss_row(f"Server RSS during the {name} STOW (MB)", _get(m, "big_rss"), _get(o, "big_rss")))
+    return rows
+
+
+def build_dimse_rows(m: TargetResult | None, o: TargetResult | None, studies: int, series_size: int) -> list[Row]:
+    md: DimseResult | None = _get(m, "dimse")
+    od: DimseResult | None = _get(o, "dimse")
+
+    def pick(result: DimseResult | None, name: str) -> Any:
+        return None if result is None else getattr(result, name)
+
+    def echo(lat: Latency | None) -> str:
+        return "-" if lat is None else f"{_num(lat.p50, 2)} / {_num(lat.p95, 2)}"
+
+    me, oe = pick(md, "echo"), pick(od, "echo")
+    rows = [
+        _stow_row("C-STORE 1 association: instances/s (MB/s)", pick(md, "store_1"), pick(od, "store_1"), True),
+        _stow_row(f"C-STORE {PARALLEL} associations: instances/s (MB/s)", pick(md, "store_4"),
+                  pick(od, "store_4"), True),
+        _cpu_row(f"(C-STORE {PARALLEL} associations: server CPU ms per instance)", "store_4", "instances", m, o),
+        Row("(C-ECHO round trip: p50 / p95 ms)", echo(me), echo(oe),
+            _x(_ratio(me.p50 if me else None, oe.p50 if oe else None))),
+    ]
+    for kind in FIND_KINDS:
+        mine = md.find.get(kind) if md else None
+        theirs = od.find.get(kind) if od else None
+        if mine or theirs:
+            rows.append(_qido_row(kind, mine, theirs, studies, label="C-FIND", limit_ms=CFIND_LIMIT_MS))
+    rows += [
+        _stow_row(f"C-MOVE series ({series_size} instances) to storescp: instances/s (MB/s)", pick(md, "move"),
+                  pick(od, "move"), True, minimum=0.5),
+        _cpu_row("(C-MOVE: server CPU ms per instance)", "move", "instances", m, o),
+        _stow_row(f"C-GET series ({series_size} instances) with getscu: instances/s (MB/s)", pick(md, "get"),
+                  pick(od, "get"), True, minimum=0.5),
+    ]
     return rows
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from benchmarks import dicomgen, workloads
+from benchmarks import dicomgen, dimse, workloads
 from benchmarks.dicomgen import Study
 from benchmarks.memory import CpuMeter, RssSampler, wait_until_quiet
 from benchmarks.servers import Server, temp_folder
@@ -21,6 +21,7 @@ QUERY_KINDS = ("PatientID", "PatientName *x*", "StudyDate 30 days", "AccessionNu
 STUDY_SIZE = 100  # instances per study in the STOW ingest figures
 SERIES_BATCH = 10  # instances per request when seeding the WADO series
 QIDO_BATCH = 100  # instances per request when seeding the QIDO studies
+DIMSE_PHASES = ("store_1", "store_4", "find", "move", "get")
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Options:
     wado_runs: int
     big_frames: int  # 0: no huge STOW
     wait_quiet: float = 0.0  # seconds to wait, before each measured phase, for other work to stop
+    dimse: bool = False  # also the DIMSE figures (C-STORE, C-FIND, C-MOVE, C-GET)
+    dicomweb: bool = True  # the DICOMweb figures (off with --dimse-only; the seeding still runs)
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Prepared:
     qido_bodies: list[bytes]
     queries: dict[str, list[str]]
     warmup: list[bytes]
+    series_bytes: int = 0  # the series' Part 10 files, summed
+    cstore: dimse.CStoreFiles | None = None  # C-STORE input files (with --dimse)
 
 
 @dataclass
@@ -59,6 +64,7 @@ class TargetResult:
     metadata: Latency | None = None
     big: Throughput | None = None
     big_rss: int | None = None  # peak summed VmRSS sampled during the huge STOW
+    dimse: dimse.DimseResult | None = None
     peak_rss: int | None = None  # summed VmHWM at the end of the run
     seeding: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> CPU seconds by whom
@@ -68,14 +74,16 @@ def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def prepare(options: Options) -> Prepared:
+def prepare(options: Options, dimse_folder: Path | None = None) -> Prepared:
+    """Everything sent to the servers; with ``options.dimse`` the C-STORE files go to ``dimse_folder``."""
     began = time.perf_counter()
     pool = dicomgen.pixel_pool(512, 512)
-    stow_single = _ingest_bodies(options.instances, pool, seed=11)
-    stow_multi = _ingest_bodies(options.instances, pool, seed=12)
+    stow_single = _ingest_bodies(options.instances, pool, seed=11) if options.dicomweb else []
+    stow_multi = _ingest_bodies(options.instances, pool, seed=12) if options.dicomweb else []
     series_study = dicomgen.make_studies(1, seed=13, accession_base=8_000_000)[0]
     series = list(dicomgen.series_instances(series_study, options.series_size, rows=512, columns=512, pool=pool))
     series_uid = _series_uid_of(series[0])
+    series_bytes = sum(map(len, series))
     series_bodies = [dicomgen.stow_body(series[i : i + SERIES_BATCH]) for i in range(0, len(series), SERIES_BATCH)]
     studies = dicomgen.make_studies(options.studies, seed=14)
     small = dicomgen.pixel_pool(16, 16)
@@ -83,9 +91,13 @@ def prepare(options: Options) -> Prepared:
     qido_bodies = [dicomgen.stow_body(encoded[i : i + QIDO_BATCH]) for i in range(0, len(encoded), QIDO_BATCH)]
     warm = dicomgen.make_studies(1, seed=15, accession_base=7_000_000)[0]
     warmup = [dicomgen.stow_body([x]) for x in dicomgen.series_instances(warm, 4, rows=16, columns=16, pool=small)]
-    say(f"prepared request bodies in {time.perf_counter() - began:.1f} s")
+    cstore = None
+    if options.dimse:
+        assert dimse_folder is not None
+        cstore = dimse.write_cstore_files(dimse_folder, options.instances, pool, study_size=STUDY_SIZE)
+    say(f"prepared request bodies{' and C-STORE files' if cstore else ''} in {time.perf_counter() - began:.1f} s")
     return Prepared(stow_single, stow_multi, series_bodies, series_study.study_uid, series_uid, qido_bodies,
-                    build_queries(studies, options.queries), warmup)
+                    build_queries(studies, options.queries), warmup, series_bytes, cstore)
 
 
 def _uid() -> str:
@@ -137,22 +149,23 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
     with RssSampler(server.pid) as rss:
         workloads.seed(url, data.warmup, clients=1)
         rss.set_phase("stow")
-        _quiet(server, options)
-        say(f"{server.name}: STOW-RS {len(data.stow_single)} instances, 1 client")
-        with cpu.phase("stow_1"):
-            result.stow_1 = workloads.stow(url, data.stow_single, 1)
-        _quiet(server, options)
-        say(f"{server.name}: STOW-RS {len(data.stow_multi)} instances, 4 clients")
-        with cpu.phase("stow_4"):
-            result.stow_4 = workloads.stow(url, data.stow_multi, 4)
-        cpu.phases["stow_4"]["instances"] = result.stow_4.items
+        if options.dicomweb:
+            _stow_phases(server, data, options, result, cpu)
+        if options.dimse:
+            result.dimse = dimse.DimseResult()
+            with temp_folder("bench-dimse-logs-") as logs:
+                _cstore_phases(server, data, options, result.dimse, cpu, logs)
         rss.set_phase("seed")
         say(f"{server.name}: seeding a {options.series_size}-instance series and {options.studies} studies")
         result.seeding["series"] = workloads.seed(url, data.series_bodies)
         result.seeding["studies"] = workloads.seed(url, data.qido_bodies)
         rss.set_phase("read")
-        _read_phases(server, data, options, result, cpu)
-        if options.big_frames:
+        if options.dicomweb:
+            _read_phases(server, data, options, result, cpu)
+        if result.dimse is not None:
+            with temp_folder("bench-dimse-") as work:
+                _dimse_read_phases(server, data, options, result.dimse, cpu, work)
+        if options.big_frames and options.dicomweb:
             rss.set_phase("big")
             _quiet(server, options)
             with cpu.phase("big"):
@@ -164,6 +177,76 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
     result.cpu = cpu.phases
     _check(server, result)
     return result
+
+
+def _stow_phases(server: Server, data: Prepared, options: Options, result: TargetResult, cpu: CpuMeter) -> None:
+    url = server.dicomweb_url
+    _quiet(server, options)
+    say(f"{server.name}: STOW-RS {len(data.stow_single)} instances, 1 client")
+    with cpu.phase("stow_1"):
+        result.stow_1 = workloads.stow(url, data.stow_single, 1)
+    _quiet(server, options)
+    say(f"{server.name}: STOW-RS {len(data.stow_multi)} instances, 4 clients")
+    with cpu.phase("stow_4"):
+        result.stow_4 = workloads.stow(url, data.stow_multi, 4)
+    cpu.phases["stow_4"]["instances"] = result.stow_4.items
+
+
+def _endpoint(server: Server) -> dimse.Endpoint:
+    if server.dicom_port is None:
+        raise workloads.BenchmarkError(f"{server.name}: no DICOM port known; the DIMSE figures need a server "
+                                       "this benchmark starts")
+    return dimse.Endpoint("127.0.0.1", server.dicom_port, server.ae_title)
+
+
+def _cstore_phases(server: Server, data: Prepared, options: Options, result: dimse.DimseResult, cpu: CpuMeter,
+                   logs: Path) -> None:
+    files = data.cstore
+    assert files is not None
+    endpoint = _endpoint(server)
+    for name, folders, studies, size in (("store_1", [files.single], files.single_studies, files.single_bytes),
+                                         ("store_4", files.parallel, files.parallel_studies, files.parallel_bytes)):
+        _quiet(server, options)
+        say(f"{server.name}: C-STORE {files.count} instances with storescu, {len(folders)} association(s)")
+        with cpu.phase(name):
+            outcome = dimse.cstore(endpoint, folders, items=files.count, size=size, logs=logs)
+        cpu.phases[name]["instances"] = files.count
+        with dimse.FindClient(endpoint) as client:
+            stored = dimse.stored_instances(client, studies)
+        outcome.failures = max(0, files.count - stored)
+        if outcome.failures and not outcome.first_error:
+            outcome.first_error = f"the server holds {stored} of the {files.count} instances sent"
+        setattr(result, name, outcome)
+
+
+def _dimse_read_phases(server: Server, data: Prepared, options: Options, result: dimse.DimseResult,
+                       cpu: CpuMeter, work: Path) -> None:
+    endpoint = _endpoint(server)
+    _quiet(server, options)
+    say(f"{server.name}: C-ECHO and C-FIND ({options.queries} of each kind) on one association")
+    with cpu.phase("find"), dimse.FindClient(endpoint) as client:
+        result.echo = dimse.echo_latency(client, options.queries)
+        for kind in dimse.FIND_KINDS:
+            result.find[kind] = dimse.find_latency(client, [dimse.find_keys(q) for q in data.queries[kind]])
+    if server.receiver_port is None:
+        raise workloads.BenchmarkError(f"{server.name}: started without a C-MOVE destination")
+    size = options.series_size
+    with dimse.receiver(server.receiver_port, work / "storescp") as received:
+        _quiet(server, options)
+        say(f"{server.name}: C-MOVE of the {size}-instance series to storescp ({options.wado_runs} runs)")
+        with cpu.phase("move"):
+            result.move = dimse.retrieve("move", endpoint, data.series_study, data.series_uid, items=size,
+                                         size=data.series_bytes, received=received, runs=options.wado_runs,
+                                         logs=work)
+        cpu.phases["move"]["instances"] = size * options.wado_runs
+    fetched = work / "getscu"
+    fetched.mkdir()
+    _quiet(server, options)
+    say(f"{server.name}: C-GET of the {size}-instance series with getscu ({options.wado_runs} runs)")
+    with cpu.phase("get"):
+        result.get = dimse.retrieve("get", endpoint, data.series_study, data.series_uid, items=size,
+                                    size=data.series_bytes, received=fetched, runs=options.wado_runs, logs=work)
+    cpu.phases["get"]["instances"] = size * options.wado_runs
 
 
 def _read_phases(server: Server, data: Prepared, options: Options, result: TargetResult, cpu: CpuMeter) -> None:
@@ -202,10 +285,18 @@ def _check(server: Server, result: TargetResult) -> None:
     cores = os.cpu_count() or 1
     for phase, spent in result.cpu.items():
         if spent["wall"] > 0.5 and spent["others"] > 0.1 * spent["wall"] * cores:
-            server.notes.append(f"{server.name} {phase}: other processes used {spent['others']:.1f} CPU s of "
-                                f"{spent['wall'] * cores:.1f} available; this figure may be disturbed")
+            notes = result.dimse.notes if result.dimse is not None and phase in DIMSE_PHASES else server.notes
+            notes.append(f"{server.name} {phase}: other processes used {spent['others']:.1f} CPU s of "
+                         f"{spent['wall'] * cores:.1f} available; this figure may be disturbed")
     for name, figure in (("STOW 1 client", result.stow_1), ("STOW 4 clients", result.stow_4)):
         if figure and figure.failures:
             server.notes.append(f"{name}: {figure.failures} failed request(s), first: {figure.first_error}")
+    if result.dimse is not None:
+        for name, figure in (("C-STORE 1 association", result.dimse.store_1),
+                             ("C-STORE 4 associations", result.dimse.store_4),
+                             ("C-MOVE", result.dimse.move), ("C-GET", result.dimse.get)):
+            if figure and (figure.failures or figure.first_error):
+                result.dimse.notes.append(f"{server.name} {name}: {figure.failures} instance(s) missing; "
+                                          f"{figure.first_error}")
     if result.big and result.big.failures:
         server.notes.append(f"2 GB STOW failed: {result.big.first_error}")

@@ -41,6 +41,9 @@ class Server:
     helper_pids: list[int] = field(default_factory=list)  # services it depends on (the S3 server)
     database: str | None = None  # its PostgreSQL database
     notes: list[str] = field(default_factory=list)
+    dicom_port: int | None = None  # its DICOM listener (loopback), when we started it
+    ae_title: str = ""
+    receiver_port: int | None = None  # where the C-MOVE destination registered on it listens
 
 
 def free_port() -> int:
@@ -56,7 +59,7 @@ def orthanc_available() -> bool:
 def orthanc_version() -> str:
     if not ORTHANC_BINARY.exists():
         return "not installed"
-    out = subprocess.run([str(ORTHANC_BINARY), "--version"], capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run([str(ORTHANC_BINARY), "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
     return out.splitlines()[0].split()[-1] if out else "unknown"
 
 
@@ -151,7 +154,7 @@ def postgres_available() -> str | None:
 
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5):
             return None
-    except Exception as exc:  # driver missing, server down, auth refused: all mean "skip"
+    except Exception as exc:  # noqa: BLE001  # driver missing, server down, auth refused: all mean "skip"
         return f"PostgreSQL unavailable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 
@@ -170,15 +173,25 @@ def running_moto(workdir: Path) -> Iterator[tuple[str, int]]:
 
 # ---- minipacs -----------------------------------------------------------------------------
 
+MINIPACS_AE = "MINIPACS"
+ORTHANC_AE = "ORTHANC"
+CALLING_AE = "BENCHSCU"  # the benchmark's DIMSE clients (Orthanc answers C-FIND/C-MOVE/C-GET to known AEs only)
+RECEIVER_AE = "BENCHSCP"  # the storescp that C-MOVE sends to
+
+
 @contextmanager
-def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: str = "s3") -> Iterator[Server]:
-    """minipacs on ``backend``; on postgres its blobs go to ``storage`` (s3: a moto server, or folder)."""
+def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: str = "s3",
+                     receiver_port: int | None = None) -> Iterator[Server]:
+    """minipacs on ``backend``; on postgres its blobs go to ``storage`` (s3: a moto server, or folder).
+    With ``receiver_port``, RECEIVER_AE at that loopback port is its one remote AE (C-MOVE destination)."""
     with ExitStack() as stack:
         data = stack.enter_context(temp_folder("minipacs-bench-"))
-        port = free_port()
+        port, dicom_port = free_port(), free_port()
         env = {**os.environ, "MINIPACS_DATA_DIR": str(data / "data"), "MINIPACS_HTTP_PORT": str(port),
                "MINIPACS_HTTP_WORKERS": str(workers), "MINIPACS_QIDO_MAX_LIMIT": str(qido_max_limit),
-               "MINIPACS_AUTH": "off", "MINIPACS_LOG_LEVEL": "warning", "MINIPACS_DICOM_PORT": str(free_port())}
+               "MINIPACS_AUTH": "off", "MINIPACS_LOG_LEVEL": "warning", "MINIPACS_DICOM_PORT": str(dicom_port),
+               "MINIPACS_DICOM_HOST": "127.0.0.1", "MINIPACS_AE_TITLE": MINIPACS_AE,
+               "MINIPACS_REMOTE_AES": f"{RECEIVER_AE}@127.0.0.1:{receiver_port}" if receiver_port else ""}
         env.pop("MINIPACS_CONFIG", None)
         helpers: list[int] = []
         database: str | None = None
@@ -197,20 +210,25 @@ def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: s
         proc = stack.enter_context(running_process(command, env=env, cwd=data, log_name="minipacs.log"))
         wait_until_ready(f"http://127.0.0.1:{port}/health", proc, data / "minipacs.log")
         yield Server("minipacs", f"http://127.0.0.1:{port}/dicom-web", proc.pid,
-                     f"{description}, {workers} HTTP worker(s)", helper_pids=helpers, database=database)
+                     f"{description}, {workers} HTTP worker(s)", helper_pids=helpers, database=database,
+                     dicom_port=dicom_port, ae_title=MINIPACS_AE, receiver_port=receiver_port)
 
 
 # ---- Orthanc ------------------------------------------------------------------------------
 
 def orthanc_config(work: Path, http_port: int, dicom_port: int, database: str | None,
-                   overrides: dict[str, Any]) -> dict[str, Any]:
+                   overrides: dict[str, Any], receiver_port: int | None = None) -> dict[str, Any]:
+    """With ``receiver_port``, RECEIVER_AE (the C-MOVE destination) and CALLING_AE (so that the
+    benchmark may C-FIND, C-MOVE and C-GET) are registered DICOM modalities at that port."""
     plugins = [str(ORTHANC_PLUGINS / "libOrthancDicomWeb.so")]
     config: dict[str, Any] = {
-        "Name": "BENCH", "HttpPort": http_port, "DicomPort": dicom_port,
+        "Name": "BENCH", "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": ORTHANC_AE,
         "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": plugins,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
+    if receiver_port:
+        config["DicomModalities"] = {ae: [ae, "127.0.0.1", receiver_port] for ae in (RECEIVER_AE, CALLING_AE)}
     if database is not None:
         plugins.append(str(ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so"))
         config["PostgreSQL"] = {"EnableIndex": True, "EnableStorage": False, "Host": "127.0.0.1", "Port": 5432,
@@ -220,12 +238,12 @@ def orthanc_config(work: Path, http_port: int, dicom_port: int, database: str | 
 
 
 @contextmanager
-def running_orthanc(backend: str, overrides: dict[str, Any]) -> Iterator[Server]:
+def running_orthanc(backend: str, overrides: dict[str, Any], receiver_port: int | None = None) -> Iterator[Server]:
     with ExitStack() as stack:
         work = stack.enter_context(temp_folder("orthanc-bench-"))
         database = stack.enter_context(fresh_database("orthanc")) if backend == "postgres" else None
-        port = free_port()
-        config = orthanc_config(work, port, free_port(), database, overrides)
+        port, dicom_port = free_port(), free_port()
+        config = orthanc_config(work, port, dicom_port, database, overrides, receiver_port)
         (work / "config.json").write_text(json.dumps(config, indent=2))
         env = {**os.environ, "TCP_NODELAY": "1"}
         proc = stack.enter_context(running_process([str(ORTHANC_BINARY), str(work / "config.json")],
@@ -235,4 +253,5 @@ def running_orthanc(backend: str, overrides: dict[str, Any]) -> Iterator[Server]
                        else "SQLite index + folder storage")
         notes = [f"Orthanc settings changed from defaults: {', '.join(sorted(overrides))}"] if overrides else []
         yield Server("Orthanc", f"http://127.0.0.1:{port}/dicom-web", proc.pid,
-                     f"{description}, Orthanc {orthanc_version()} defaults", notes=notes, database=database)
+                     f"{description}, Orthanc {orthanc_version()} defaults", notes=notes, database=database,
+                     dicom_port=dicom_port, ae_title=str(config["DicomAet"]), receiver_port=receiver_port)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import httpx
 
 from benchmarks.dicomgen import STOW_CONTENT_TYPE, stow_envelope_size, stream_file_as_stow
