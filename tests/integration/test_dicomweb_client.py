@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 
-import pydicom
 from pacs.config import Settings
 from tests.support.factories import make_series
 from tests.support.server import running_server

@@ -25,8 +25,9 @@ from pacs.dimse import server as dimse_server
 from pacs.dimse.server import DicomServer
 from pacs.index.remote_aes import RemoteAE
 from pacs.services import Services
-from tests.support.dimse import association, blob_keys, dcmtk, echo_status, running_listener, scu, temp_files
+from tests.support.dimse import association, dcmtk, echo_status, running_listener, scu, temp_files
 from tests.support.factories import make_ct, make_series
+from tests.support.storage_listing import blob_keys
 
 SUCCESS, PENDING = 0x0000, 0xFF00
 

@@ -30,7 +30,6 @@ from pacs.services import Services
 from tests.support.dimse import (
     StoreSCP,
     association,
-    blob_keys,
     dcmtk,
     dcmtk_ok,
     echo_status,
@@ -40,6 +39,7 @@ from tests.support.dimse import (
     write_files,
 )
 from tests.support.factories import make_ct, make_series, split_multipart, stow_body
+from tests.support.storage_listing import blob_keys
 
 FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 

@@ -6,9 +6,7 @@ import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import boto3
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -29,6 +27,7 @@ from pacs.ingest import IngestService
 from pacs.services import Services
 from tests.conftest import make_settings
 from tests.support.factories import make_ct, make_series, to_bytes
+from tests.support.storage_listing import blob_keys
 
 
 def write(directory: Path, *datasets: Dataset) -> list[Path]:
@@ -41,17 +40,6 @@ def write(directory: Path, *datasets: Dataset) -> list[Path]:
     return paths
 
 
-def blob_keys(services: Services) -> set[str]:
-    url = services.settings.effective_storage_url
-    if url.startswith("file:"):
-        root = Path(urlsplit(url).path)
-        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    s3 = boto3.client("s3", endpoint_url=services.settings.s3_endpoint_url, region_name="us-east-1")
-    try:
-        listing = s3.list_objects_v2(Bucket=urlsplit(url).netloc)
-        return {obj["Key"].split("/", 1)[1] for obj in listing.get("Contents", [])}
-    finally:
-        s3.close()
 
 
 def read_blob(services: Services, key: str) -> bytes:

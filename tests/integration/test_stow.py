@@ -16,9 +16,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import boto3
 import httpx
 import pydicom
 import pytest
@@ -41,7 +39,9 @@ from tests.support.factories import (
     stow_body,
     to_bytes,
 )
+from tests.support.processes import stop_process
 from tests.support.s3server import free_port
+from tests.support.storage_listing import blob_keys
 
 STUDIES = "/dicom-web/studies"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -83,19 +83,6 @@ def value(item: dict[str, Any], tag: str) -> Any:
     return item[tag]["Value"][0]
 
 
-def blob_keys(services: Services) -> set[str]:
-    """Every object in storage, listed behind the store's back."""
-    url = services.settings.effective_storage_url
-    if url.startswith("file:"):
-        root = Path(urlsplit(url).path)
-        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    parts = urlsplit(url)
-    s3 = boto3.client("s3", endpoint_url=services.settings.s3_endpoint_url, region_name="us-east-1")
-    try:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=parts.netloc)
-        return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
-    finally:
-        s3.close()
 
 
 def temp_files(services: Services) -> list[Path]:
@@ -733,12 +720,7 @@ def _server(data_dir: Path) -> Iterator[tuple[str, int]]:
             time.sleep(0.1)
         yield root, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_storing_a_300_mb_instance_keeps_server_memory_flat(tmp_path: Path) -> None:

@@ -17,9 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import boto3
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -31,6 +29,7 @@ from pynetdicom.sop_class import Verification
 from pacs.dimse.server import DicomServer
 from pacs.services import Services
 from tests.support.factories import to_bytes
+from tests.support.processes import stop_process
 from tests.support.s3server import free_port
 
 DCMTK = Path("/usr/bin")
@@ -122,12 +121,7 @@ def running_storescp(folder: Path, ae_title: str = "RECEIVER", *, accept_all: bo
             wait_for_port(port, process)
             yield StoreSCP(folder, ae_title, port, process)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=10)
 
 
 def scu(contexts: Sequence[Any], *, ae_title: str = CALLING_AE) -> AE:
@@ -206,18 +200,6 @@ def write_files(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
     return paths
 
 
-def blob_keys(services: Services) -> set[str]:
-    """Every object in the archive's storage, listed behind the blob store's back."""
-    url = services.settings.effective_storage_url
-    if url.startswith("file:"):
-        root = Path(urlsplit(url).path)
-        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    s3 = boto3.client("s3", endpoint_url=services.settings.s3_endpoint_url, region_name="us-east-1")
-    try:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=urlsplit(url).netloc)
-        return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
-    finally:
-        s3.close()
 
 
 def temp_files(services: Services) -> list[Path]:

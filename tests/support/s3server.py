@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.processes import stop_process
+
 STARTUP_TIMEOUT = 20.0
 _POLL_INTERVAL = 0.05
 _START_ATTEMPTS = 3
@@ -75,13 +77,7 @@ def _wait_until_listening(proc: subprocess.Popen[bytes], port: int, deadline: fl
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, timeout=5)
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from pacs.config import Settings
+from tests.support.processes import stop_process
 from tests.support.s3server import free_port
 
 STARTUP_TIMEOUT = 30.0
@@ -47,12 +47,7 @@ def running_server(settings: Settings, *, log_path: Path | None = None, extra_en
         _wait_until_healthy(url, process)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
