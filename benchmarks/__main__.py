@@ -153,6 +153,8 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 def _dimse_unavailable(args: argparse.Namespace) -> str | None:
     if args.url:
         return "--dimse and --dimse-only need servers this benchmark starts (not --url)"
+    if (args.instances or 0) and args.instances < dimse.PARALLEL:
+        return f"--dimse needs --instances of at least {dimse.PARALLEL} (one file per parallel association)"
     if missing := dimse.missing_tools():
         return (f"the DIMSE figures need dcmtk ({', '.join(str(dimse.DCMTK / m) for m in missing)} missing): "
                 "install the Debian package dcmtk")
