@@ -4,7 +4,8 @@
     ├── InvalidInput              the caller sent something we cannot accept
     │   ├── InvalidDicom          not DICOM, truncated, or required UIDs missing/invalid
     │   ├── InvalidQuery          malformed search parameters
-    │   └── StudyMismatch         instance does not belong to the study named in the request
+    │   ├── StudyMismatch         instance does not belong to the study named in the request
+    │   └── InstanceMismatch      the data set is not the instance the request announced
     ├── NotFound                  no such study / series / instance / frame
     ├── Conflict                  the request clashes with what is stored
     │   └── DuplicateInstance     same SOPInstanceUID already stored and policy is "reject"
@@ -37,6 +38,10 @@ class InvalidQuery(InvalidInput):
 
 
 class StudyMismatch(InvalidInput):
+    pass
+
+
+class InstanceMismatch(InvalidInput):
     pass
 
 

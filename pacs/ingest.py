@@ -21,7 +21,15 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
 from pacs.dicom.instance import ParsedInstance, inspect_instance
-from pacs.errors import DuplicateInstance, InvalidDicom, InvalidInput, PacsError, StorageUnavailable, StudyMismatch
+from pacs.errors import (
+    DuplicateInstance,
+    InstanceMismatch,
+    InvalidDicom,
+    InvalidInput,
+    PacsError,
+    StorageUnavailable,
+    StudyMismatch,
+)
 from pacs.group_commit import GroupCommitter
 from pacs.index.repository import CommitResult, IndexRepository, NewInstance, Outcome, check_same_place
 from storage.base import BlobStore
@@ -60,11 +68,18 @@ class IngestService:
         fd, name = tempfile.mkstemp(prefix="recv-", suffix=".dcm", dir=self.temp_dir)
         return fd, Path(name)
 
-    def store_file(self, path: Path, *, consume: bool = False, expected_study: str | None = None) -> StoreReport:
-        return self.store_files([path], consume=consume, expected_study=expected_study)[0]
+    def store_file(
+        self, path: Path, *, consume: bool = False, expected_study: str | None = None,
+        announced: tuple[str, str] | None = None,
+    ) -> StoreReport:
+        """Store one file. ``announced`` is the (SOP Class, SOP Instance) UID pair a C-STORE
+        command named: a data set carrying other UIDs is refused (PS3.7 9.1.1.1), since the peer
+        reads our answer as the fate of the instance it named."""
+        return self.store_files([path], consume=consume, expected_study=expected_study, announced=announced)[0]
 
     def store_files(
-        self, paths: Sequence[Path], *, consume: bool = False, expected_study: str | None = None
+        self, paths: Sequence[Path], *, consume: bool = False, expected_study: str | None = None,
+        announced: tuple[str, str] | None = None,
     ) -> list[StoreReport]:
         """Store a batch; the index is written in one transaction for the whole batch.
         With ``consume`` the files are moved into storage (or deleted) whatever happens."""
@@ -72,7 +87,7 @@ class IngestService:
         pending: list[tuple[int, ParsedInstance, Path]] = []
         try:
             for i, path in enumerate(paths):
-                parsed, report = self._validate(path, expected_study)
+                parsed, report = self._validate(path, expected_study, announced)
                 if report is not None:
                     reports[i] = report
                 else:
@@ -87,7 +102,9 @@ class IngestService:
                     _unlink(path)
         return [r for r in reports if r is not None]
 
-    def _validate(self, path: Path, expected_study: str | None) -> tuple[ParsedInstance | None, StoreReport | None]:
+    def _validate(
+        self, path: Path, expected_study: str | None, announced: tuple[str, str] | None
+    ) -> tuple[ParsedInstance | None, StoreReport | None]:
         try:
             parsed = inspect_instance(path)
         except InvalidDicom as exc:
@@ -99,6 +116,12 @@ class IngestService:
                 f"StudyInstanceUID {parsed.study_instance_uid} does not match the target study {expected_study}"
             )
             return None, _report(path, parsed, error=error)
+        if announced and (parsed.sop_class_uid, parsed.sop_instance_uid) != announced:
+            mismatch = InstanceMismatch(
+                f"the data set is SOP Instance {parsed.sop_instance_uid} of class {parsed.sop_class_uid}, "
+                f"not the {announced[1]} of class {announced[0]} the command announced"
+            )
+            return None, _report(path, parsed, error=mismatch)
         return parsed, None
 
     def _skip_known_duplicates(self, pending: list[tuple[int, ParsedInstance, Path]], reports: list[StoreReport | None]) -> None:

@@ -18,6 +18,7 @@ DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4: the instance exists and the policy
 _STORE: list[tuple[type[errors.PacsError], int]] = [
     (errors.Unavailable, OUT_OF_RESOURCES),
     (errors.DuplicateInstance, DUPLICATE_SOP_INSTANCE),
+    (errors.InstanceMismatch, DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
     (errors.InvalidInput, CANNOT_UNDERSTAND),
 ]
 _QUERY: list[tuple[type[errors.PacsError], int]] = [
