@@ -24,7 +24,6 @@ from storage.base import BlobStore
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}  # bytes swapped per word for big endian
 READ_AHEAD = 3  # object-store reads opened ahead of the one being streamed
-UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
 @dataclass(frozen=True)
@@ -66,10 +65,6 @@ class RetrieveService:
                 if following is not None:
                     opened.append((following, pool.submit(self.iter_file, following)))
                 yield item, future.result()
-
-    def frame_transfer_syntax(self, stored: StoredInstance) -> str:
-        """The syntax frames are served in without transcoding: native data always as Explicit LE."""
-        return ExplicitVRLittleEndian if stored.transfer_syntax_uid in UNCOMPRESSED else stored.transfer_syntax_uid
 
     def frames(self, stored: StoredInstance, numbers: list[int]) -> list[Frame]:
         """Frames by 1-based number, validated before any byte is sent."""

@@ -21,6 +21,10 @@ class Level(enum.IntEnum):
     INSTANCE = 3
 
 
+# VRs whose values the index keeps (and matches, and renders) as integers.
+INTEGER_VRS = frozenset({"US", "IS", "UL", "SS", "SL"})
+
+
 @dataclass(frozen=True)
 class Attribute:
     keyword: str

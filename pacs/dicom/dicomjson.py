@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacs.dicom.attributes import CATALOGUE, Attribute, Level
+from pacs.dicom.attributes import CATALOGUE, INTEGER_VRS, Attribute, Level
 from pacs.dicom.query import Query
 
 RETRIEVE_URL = "00081190"
 INSTANCE_AVAILABILITY = "00080056"
-_INTEGER_VRS = {"US", "IS", "UL", "SS", "SL"}
 _PARENT_UIDS = {
     Level.SERIES: ("StudyInstanceUID",),
     Level.INSTANCE: ("StudyInstanceUID", "SeriesInstanceUID"),
@@ -28,7 +27,7 @@ def element(vr: str, value: Any) -> dict[str, Any]:
         values = [value]
     if vr == "PN":
         return {"vr": vr, "Value": [_person_name(str(v)) for v in values]}
-    if vr in _INTEGER_VRS:
+    if vr in INTEGER_VRS:
         return {"vr": vr, "Value": [int(v) for v in values]}
     return {"vr": vr, "Value": values}
 

@@ -25,7 +25,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from pacs.dicom.attributes import CATALOGUE, Level, normalize_time
+from pacs.dicom.attributes import CATALOGUE, INTEGER_VRS, Level, normalize_time
 from pacs.dicom.frames import (
     PIXEL_TAGS,
     Layout,
@@ -190,7 +190,7 @@ def _column_value(ds: Dataset, keyword: str, vr: str) -> Any:
         return None  # a damaged optional attribute must not reject the whole object
     if value is None or value == "":
         return None
-    if vr in ("US", "IS", "UL", "SS", "SL"):
+    if vr in INTEGER_VRS:
         try:
             return int(value if not isinstance(value, (list, tuple)) else value[0])
         except (TypeError, ValueError):

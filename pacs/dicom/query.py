@@ -12,7 +12,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from pacs.dicom.attributes import Attribute, Level, normalize_time
+from pacs.dicom.attributes import INTEGER_VRS, Attribute, Level, normalize_time
 from pacs.errors import InvalidQuery
 
 
@@ -67,7 +67,7 @@ def parse_condition(attribute: Attribute, raw: str, *, fuzzy: bool = False) -> C
         if any(not re.fullmatch(r"[0-9.]{1,64}", uid) for uid in uids):
             raise InvalidQuery(f"{attribute.keyword}: not a UID or list of UIDs: {value!r}")
         return Condition(attribute, MatchKind.LIST if len(uids) > 1 else MatchKind.SINGLE, uids)
-    if vr in ("IS", "US", "UL", "SS", "SL"):
+    if vr in INTEGER_VRS:
         return _integer(attribute, value)
     if "*" in value or "?" in value:
         return Condition(attribute, MatchKind.WILDCARD, (value,), fuzzy=fuzzy and vr == "PN")

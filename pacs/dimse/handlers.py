@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -34,8 +35,6 @@ _PATIENT_ROOT = {
     PatientRootQueryRetrieveInformationModelMove,
     PatientRootQueryRetrieveInformationModelGet,
 }
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_IMPLICIT_LE = "1.2.840.10008.1.2"
 
 
 def peer(event: Event) -> str:
@@ -182,8 +181,8 @@ def _contexts_for(stored: list[StoredInstance]) -> list[Any]:
     wanted: dict[tuple[str, str], list[str]] = {}
     for item in stored:
         syntaxes = [item.transfer_syntax_uid]
-        if item.transfer_syntax_uid in (_EXPLICIT_LE, _IMPLICIT_LE):
-            syntaxes = [_EXPLICIT_LE, _IMPLICIT_LE]
+        if item.transfer_syntax_uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         wanted.setdefault((item.sop_class_uid, item.transfer_syntax_uid), syntaxes)
     return [build_context(sop_class, syntaxes) for (sop_class, _), syntaxes in list(wanted.items())[:128]]
 

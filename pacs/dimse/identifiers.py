@@ -7,7 +7,7 @@ from typing import Any
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from pacs.dicom.attributes import BY_TAG, Attribute, Level
+from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, INTEGER_VRS, Attribute, Level
 from pacs.dicom.query import Condition, Query, parse_condition
 from pacs.errors import InvalidQuery
 
@@ -112,7 +112,7 @@ def _element(attribute: Attribute, value: Any, requested_vr: str) -> DataElement
         return DataElement(attribute.tag, vr, None)
     if isinstance(value, list):
         return DataElement(attribute.tag, vr, [str(v) for v in value])
-    if vr in ("IS", "US", "UL", "SS", "SL"):
+    if vr in INTEGER_VRS:
         return DataElement(attribute.tag, vr, int(value))
     text = str(value)
     return DataElement(attribute.tag, vr, text.split("\\") if "\\" in text and vr not in ("PN",) else text)
@@ -151,7 +151,7 @@ def retrieve_query(identifier: Dataset, model: str) -> Query:
         if keyword not in identifier:
             continue
         element = identifier[keyword]
-        attribute = next(a for a in BY_TAG.values() if a.keyword == keyword)
+        attribute = BY_KEYWORD[keyword]
         # A list of UIDs arrives as a pydicom MultiValue, which is not a list (PS3.4 C.4.2.2.1).
         condition = parse_condition(attribute, _as_text(element))
         if condition is not None:

@@ -182,9 +182,7 @@ class IndexRepository:
             if not rows:
                 raise NotFound(_describe(study_uid, series_uid, sop_uid) + " not found")
             conn.execute(delete(instances).where(instances.c.pk.in_([r[0] for r in rows])))
-            _delete_empty(conn, series, "pk", {r[2] for r in rows}, instances.c.series_pk)
-            _delete_empty(conn, studies, "pk", {r[3] for r in rows}, series.c.study_pk)
-            _delete_empty(conn, patients, "pk", {r[4] for r in rows}, studies.c.patient_pk)
+            _prune_empty(conn, {r[2] for r in rows}, {r[3] for r in rows}, {r[4] for r in rows})
             return [r[1] for r in rows]
 
     # ---- lookups ------------------------------------------------------------------------
@@ -367,9 +365,14 @@ def _delete_empty_ancestors(conn: Connection, series_pk: int) -> None:
         .join(studies, series.c.study_pk == studies.c.pk)
         .where(series.c.pk == series_pk)
     ).one()
-    _delete_empty(conn, series, "pk", {series_pk}, instances.c.series_pk)
-    _delete_empty(conn, studies, "pk", {study_pk}, series.c.study_pk)
-    _delete_empty(conn, patients, "pk", {patient_pk}, studies.c.patient_pk)
+    _prune_empty(conn, {series_pk}, {study_pk}, {patient_pk})
+
+
+def _prune_empty(conn: Connection, series_pks: set[int], study_pks: set[int], patient_pks: set[int]) -> None:
+    """Remove the given series, studies and patients that no longer hold anything, bottom up."""
+    _delete_empty(conn, series, "pk", series_pks, instances.c.series_pk)
+    _delete_empty(conn, studies, "pk", study_pks, series.c.study_pk)
+    _delete_empty(conn, patients, "pk", patient_pks, studies.c.patient_pk)
 
 
 def _delete_empty(conn: Connection, table: Table, key: str, pks: set[int], child_fk: Any) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy import (
     func,
 )
 
-from pacs.dicom.attributes import Level, level_attributes
+from pacs.dicom.attributes import INTEGER_VRS, Level, level_attributes
 
 metadata = MetaData(
     naming_convention={
@@ -33,7 +33,6 @@ metadata = MetaData(
 )
 
 _LENGTHS = {"UI": 64, "DA": 8, "TM": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 324}
-_INTEGER_VRS = {"US", "IS", "UL", "SS", "SL"}
 
 
 def _columns(level: Level) -> list[Column]:
@@ -41,7 +40,7 @@ def _columns(level: Level) -> list[Column]:
     for attr in level_attributes(level):
         if attr.computed or attr.column in _KEY_COLUMNS:
             continue
-        if attr.vr in _INTEGER_VRS:
+        if attr.vr in INTEGER_VRS:
             columns.append(Column(attr.column, Integer))
         else:
             columns.append(Column(attr.column, String(_LENGTHS.get(attr.vr, 64))))

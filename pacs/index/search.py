@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, or_, select
 
-from pacs.dicom.attributes import Attribute, Level
+from pacs.dicom.attributes import INTEGER_VRS, Attribute, Level
 from pacs.dicom.query import Condition, MatchKind, Query
 from pacs.index.schema import TABLES, instances, patients, series, studies
 
@@ -85,7 +85,7 @@ def _match(column: Any, condition: Condition, attr: Attribute) -> ColumnElement[
     values = condition.values
     if attr.vr == "PN":
         values = tuple(v.upper() for v in values)
-    if attr.vr in ("IS", "US", "UL", "SS", "SL"):
+    if attr.vr in INTEGER_VRS:
         values = tuple(str(int(v)) for v in values)
         ints = [int(v) for v in values]
         return column.in_(ints) if condition.kind == MatchKind.LIST else column == ints[0]

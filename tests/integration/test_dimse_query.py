@@ -21,7 +21,7 @@ from pacs.dimse import handlers
 from pacs.dimse.server import DicomServer
 from pacs.errors import DatabaseUnavailable
 from pacs.services import Services
-from tests.support.dimse import association, dcmtk_ok, echo_status, write_files
+from tests.support.dimse import association, dcmtk_ok, echo_status, identifier, write_files
 from tests.support.factories import make_series
 
 PENDING, SUCCESS, CANCEL, IDENTIFIER_MISMATCH, OUT_OF_RESOURCES = 0xFF00, 0x0000, 0xFE00, 0xA900, 0xA700
@@ -67,14 +67,6 @@ def finder(listener: DicomServer) -> Iterator[Association]:
     with association(listener.port, [StudyRootFind, PatientRootFind]) as assoc:
         yield assoc
 
-
-def identifier(level: str | None, **keys: Any) -> Dataset:
-    ds = Dataset()
-    if level is not None:
-        ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def find(assoc: Association, query: Dataset, model: str = StudyRootFind) -> tuple[list[Dataset], int]:

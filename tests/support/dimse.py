@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -205,3 +206,16 @@ def write_files(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
 def temp_files(services: Services) -> list[Path]:
     """Files left in the archive's own temp folder."""
     return [p for p in (services.settings.data_dir / "tmp").rglob("*") if p.is_file()]
+
+
+def identifier(level: str | None = None, **keys: Any) -> Dataset:
+    with warnings.catch_warnings():
+        # Matching values need not be valid values of their VR ("C*" is no CS value, "2024" no
+        # date); pydicom warns about them, and some tests send invalid ones on purpose.
+        warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
+        ds = Dataset()
+        if level is not None:
+            ds.QueryRetrieveLevel = level
+        for keyword, value in keys.items():
+            setattr(ds, keyword, value)
+    return ds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 import pytest
@@ -23,22 +22,12 @@ from pacs.dimse.identifiers import (
     retrieve_query,
 )
 from pacs.errors import InvalidQuery
+from tests.support.dimse import identifier
 
 UID_A = "1.2.826.0.1.3680043.8.498.1"
 UID_B = "1.2.826.0.1.3680043.8.498.2"
 
 
-def identifier(level: str | None = None, **keys: Any) -> Dataset:
-    with warnings.catch_warnings():
-        # Matching values need not be valid values of their VR ("C*" is no CS value, "2024" no
-        # date); pydicom warns about them, and some tests send invalid ones on purpose.
-        warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
-        ds = Dataset()
-        if level is not None:
-            ds.QueryRetrieveLevel = level
-        for keyword, value in keys.items():
-            setattr(ds, keyword, value)
-    return ds
 
 
 def conditions(query: Query) -> dict[str, tuple[MatchKind, tuple[str, ...]]]:
