@@ -28,6 +28,7 @@ __all__ = [
     "OCTET_STREAM",
     "TRANSFER_SYNTAX_MEDIA_TYPES",
     "UNCOMPRESSED_TRANSFER_SYNTAXES",
+    "negotiate_bulkdata",
     "negotiate_frames",
     "negotiate_instances",
     "negotiate_metadata",
@@ -262,6 +263,18 @@ def negotiate_metadata(accept: list[MediaRange]) -> None:
     if any(media_range.media_type in _METADATA_TYPES for media_range in accept):
         return
     raise NotAcceptable(f"cannot satisfy Accept: {_describe(accept)}; available: {DICOM_JSON}")
+
+
+_BULKDATA_TYPES = frozenset({"*/*", "multipart/*", "multipart/related", "application/*", OCTET_STREAM})
+
+
+def negotiate_bulkdata(accept: list[MediaRange]) -> None:
+    """Bulk data is answered as multipart/related; type="application/octet-stream" (PS3.18 8.7.3)."""
+    if any(media_range.media_type in _BULKDATA_TYPES for media_range in accept):
+        return
+    raise NotAcceptable(
+        f'cannot satisfy Accept: {_describe(accept)}; available: multipart/related; type="{OCTET_STREAM}"'
+    )
 
 
 def negotiate_frames(accept: list[MediaRange], stored_ts: str) -> FrameRepresentation:

@@ -7,25 +7,30 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb.media import negotiate_frames, negotiate_instances, negotiate_metadata, parse_accept
+from dicomweb.media import (
+    DICOM,
+    OCTET_STREAM,
+    negotiate_bulkdata,
+    negotiate_frames,
+    negotiate_instances,
+    negotiate_metadata,
+    parse_accept,
+)
 from dicomweb.multipart import iter_multipart, multipart_content_type, new_boundary
 from dicomweb.responses import stored_json_response
-from pacs.errors import InvalidInput, NotAcceptable
+from pacs.errors import InvalidInput
 from pacs.index.repository import StoredInstance
 from pacs.services import Services
-
-DICOM = "application/dicom"
-OCTET_STREAM = "application/octet-stream"
 
 
 def retrieve_instances(request: Request, services: Services, study: str, series: str | None, sop: str | None) -> Response:
     accept = parse_accept(request.headers.get("accept"))
     stored = services.retrieve.locate(study, series, sop)
-    negotiate_instances(accept, {s.transfer_syntax_uid for s in stored})
+    syntaxes = {s.transfer_syntax_uid for s in stored}
+    negotiate_instances(accept, syntaxes)
     boundary = new_boundary()
     parts = ((_instance_headers(s), chunks) for s, chunks in services.retrieve.iter_files(stored))
-    syntaxes = {s.transfer_syntax_uid for s in stored}
-    params = {"transfer-syntax": syntaxes.pop()} if len(syntaxes) == 1 else {}
+    params = {"transfer-syntax": next(iter(syntaxes))} if len(syntaxes) == 1 else {}
     return StreamingResponse(
         iter_multipart(parts, boundary),
         media_type=multipart_content_type(DICOM, boundary, **params),
@@ -68,10 +73,8 @@ def retrieve_bulk(request: Request, services: Services, study: str, series: str,
         raise InvalidInput(f"bulk data reference {tag!r} is not an attribute tag")
     tag_value = int(tag, 16)
     stored = services.retrieve.locate(study, series, sop)[0]
+    negotiate_bulkdata(parse_accept(request.headers.get("accept")))
     transfer_syntax, chunks = services.retrieve.bulk(stored, tag_value)
-    accept = parse_accept(request.headers.get("accept"))
-    if not any(r.media_type in ("*/*", "multipart/related", "multipart/*", OCTET_STREAM, "application/*") for r in accept):
-        raise NotAcceptable("bulk data is served as multipart/related; type=\"application/octet-stream\"")
     boundary = new_boundary()
     part_headers = {"Content-Type": f"{OCTET_STREAM}; transfer-syntax={transfer_syntax}"}
     return StreamingResponse(
