@@ -147,8 +147,9 @@ def _boolean(items: Sequence[tuple[str, str]], name: str) -> bool:
 def search(request: Request, services: Services, level: Level, scope: dict[str, str]) -> Response:
     negotiate_metadata(parse_accept(request.headers.get("accept")))
     parsed = parse_qido_params(request.query_params.multi_items(), level, services.settings, scope)
-    _ensure_scope_exists(services, scope)
     rows = services.index.search(parsed.query)
+    if not rows:
+        _ensure_scope_exists(services, scope)  # any row proves the scope exists
     attributes = returned_attributes(parsed.query)
     root = base_url(request)
     body = [render_row(row, parsed.query, attributes, root) for row in rows]
