@@ -1,0 +1,1 @@
+"""The audit trail of PHI access: events, their storage and their export."""
