@@ -13,6 +13,9 @@ from pacs import errors
 log = logging.getLogger(__name__)
 
 STATUS_FOR: list[tuple[type[errors.PacsError], int]] = [
+    (errors.TooManyAttempts, 429),
+    (errors.NotAuthenticated, 401),
+    (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.NotAcceptable, 406),
@@ -38,7 +41,12 @@ async def handle_pacs_error(request: Request, exc: Exception) -> Response:
     status = http_status(exc)
     if status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc)
-    return error_response(status, str(exc))
+    response = error_response(status, str(exc))
+    if isinstance(exc, errors.TooManyAttempts):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    elif status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="minipacs"'
+    return response
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -144,21 +145,26 @@ def _boolean(items: Sequence[tuple[str, str]], name: str) -> bool:
     return False
 
 
-def search(request: Request, services: Services, level: Level, scope: dict[str, str]) -> Response:
+def search(
+    request: Request, services: Services, level: Level, scope: dict[str, str], referred_by: str | None
+) -> Response:
     negotiate_metadata(parse_accept(request.headers.get("accept")))
     parsed = parse_qido_params(request.query_params.multi_items(), level, services.settings, scope)
-    rows = services.index.search(parsed.query)
+    query = dataclasses.replace(parsed.query, referred_by=referred_by)
+    rows = services.index.search(query)
     if not rows:
-        _ensure_scope_exists(services, scope)  # any row proves the scope exists
+        _ensure_scope_exists(services, scope, referred_by)  # any row proves the scope exists
     attributes = returned_attributes(parsed.query)
     root = base_url(request)
-    body = [render_row(row, parsed.query, attributes, root) for row in rows]
+    body = [render_row(row, query, attributes, root) for row in rows]
     # Several warnings form one comma-separated list (RFC 7234 5.5: Warning = 1#warning-value).
     headers = {"Warning": ", ".join(f'299 minipacs "{w}"' for w in parsed.warnings)} if parsed.warnings else None
     return dicom_json_response(request, body, headers=headers)
 
 
-def _ensure_scope_exists(services: Services, scope: dict[str, str]) -> None:
-    """/studies/{unknown}/series is a 404, not an empty list."""
+def _ensure_scope_exists(services: Services, scope: dict[str, str], referred_by: str | None) -> None:
+    """/studies/{unknown}/series is a 404, not an empty list (also when the study is not the caller's)."""
     if scope:
-        services.index.locate_scope(scope.get("StudyInstanceUID", ""), scope.get("SeriesInstanceUID"))
+        services.index.locate_scope(
+            scope.get("StudyInstanceUID", ""), scope.get("SeriesInstanceUID"), referred_by=referred_by
+        )

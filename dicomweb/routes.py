@@ -1,4 +1,5 @@
-"""The DICOMweb route table (mounted under /dicom-web). Handlers only translate HTTP <-> services."""
+"""The DICOMweb route table (mounted under /dicom-web). Handlers only translate HTTP <-> services;
+the table names the operation of each route, and `guarded` checks and audits it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from starlette.routing import Route
 from dicomweb import qido, stow, wado
 from pacs.dicom.attributes import Level
 from pacs.errors import NotAcceptable
+from pacs.security.http import guarded, principal_of
+from pacs.security.policy import Operation
 from pacs.services import Services
 
 
@@ -22,20 +25,25 @@ def _p(request: Request, name: str) -> str | None:
     return request.path_params.get(name)
 
 
+def _visible(request: Request) -> str | None:
+    """The referring physician the caller is restricted to (providers), None for everyone else."""
+    return principal_of(request).referred_by
+
+
 async def store_instances(request: Request) -> Response:
     return await stow.store(request, _services(request), _p(request, "study"))
 
 
 def search_studies(request: Request) -> Response:
-    return qido.search(request, _services(request), Level.STUDY, {})
+    return qido.search(request, _services(request), Level.STUDY, {}, _visible(request))
 
 
 def search_series(request: Request) -> Response:
-    return qido.search(request, _services(request), Level.SERIES, _scope(request))
+    return qido.search(request, _services(request), Level.SERIES, _scope(request), _visible(request))
 
 
 def search_instances(request: Request) -> Response:
-    return qido.search(request, _services(request), Level.INSTANCE, _scope(request))
+    return qido.search(request, _services(request), Level.INSTANCE, _scope(request), _visible(request))
 
 
 def _scope(request: Request) -> dict[str, str]:
@@ -48,29 +56,37 @@ def _scope(request: Request) -> dict[str, str]:
 
 
 def retrieve(request: Request) -> Response:
-    return wado.retrieve_instances(
-        request, _services(request), request.path_params["study"], _p(request, "series"), _p(request, "instance")
-    )
+    return wado.retrieve_instances(request, _services(request), *_target(request), _visible(request))
 
 
 def metadata(request: Request) -> Response:
-    return wado.retrieve_metadata(
-        request, _services(request), request.path_params["study"], _p(request, "series"), _p(request, "instance")
-    )
+    return wado.retrieve_metadata(request, _services(request), *_target(request), _visible(request))
 
 
 def frames(request: Request) -> Response:
     p = request.path_params
-    return wado.retrieve_frames(request, _services(request), p["study"], p["series"], p["instance"], p["frames"])
+    return wado.retrieve_frames(
+        request, _services(request), p["study"], p["series"], p["instance"], p["frames"], _visible(request)
+    )
 
 
 def bulk(request: Request) -> Response:
     p = request.path_params
-    return wado.retrieve_bulk(request, _services(request), p["study"], p["series"], p["instance"], p["tag"])
+    return wado.retrieve_bulk(
+        request, _services(request), p["study"], p["series"], p["instance"], p["tag"], _visible(request)
+    )
+
+
+def _target(request: Request) -> tuple[str, str | None, str | None]:
+    return request.path_params["study"], _p(request, "series"), _p(request, "instance")
 
 
 def delete(request: Request) -> Response:
-    _services(request).ingest.delete(request.path_params["study"], _p(request, "series"), _p(request, "instance"))
+    services = _services(request)
+    study = request.path_params["study"]
+    # Recorded before the study may vanish with its last instance.
+    request.state.audit["patient_id"] = services.index.patient_of_study(study)
+    services.ingest.delete(*_target(request))
     return Response(status_code=204)
 
 
@@ -83,29 +99,32 @@ STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{instance}"
 
-ROUTES = [
-    Route("/studies", store_instances, methods=["POST"]),
-    Route("/studies", search_studies, methods=["GET"]),
-    Route("/series", search_series, methods=["GET"]),
-    Route("/instances", search_instances, methods=["GET"]),
-    Route(STUDY, store_instances, methods=["POST"]),
-    Route(STUDY, retrieve, methods=["GET"]),
-    Route(STUDY, delete, methods=["DELETE"]),
-    Route(STUDY + "/metadata", metadata, methods=["GET"]),
-    Route(STUDY + "/series", search_series, methods=["GET"]),
-    Route(STUDY + "/instances", search_instances, methods=["GET"]),
-    Route(SERIES, retrieve, methods=["GET"]),
-    Route(SERIES, delete, methods=["DELETE"]),
-    Route(SERIES + "/metadata", metadata, methods=["GET"]),
-    Route(SERIES + "/instances", search_instances, methods=["GET"]),
-    Route(INSTANCE, retrieve, methods=["GET"]),
-    Route(INSTANCE, delete, methods=["DELETE"]),
-    Route(INSTANCE + "/metadata", metadata, methods=["GET"]),
-    Route(INSTANCE + "/frames/{frames}", frames, methods=["GET"]),
-    Route(INSTANCE + "/bulk/{tag}", bulk, methods=["GET"]),
+# (path, method, operation, endpoint): every route and what it needs, in one table.
+TABLE: list[tuple[str, str, Operation, Endpoint]] = [
+    ("/studies", "POST", Operation.STORE, store_instances),
+    ("/studies", "GET", Operation.SEARCH, search_studies),
+    ("/series", "GET", Operation.SEARCH, search_series),
+    ("/instances", "GET", Operation.SEARCH, search_instances),
+    (STUDY, "POST", Operation.STORE, store_instances),
+    (STUDY, "GET", Operation.READ, retrieve),
+    (STUDY, "DELETE", Operation.DELETE, delete),
+    (STUDY + "/metadata", "GET", Operation.READ, metadata),
+    (STUDY + "/series", "GET", Operation.SEARCH, search_series),
+    (STUDY + "/instances", "GET", Operation.SEARCH, search_instances),
+    (SERIES, "GET", Operation.READ, retrieve),
+    (SERIES, "DELETE", Operation.DELETE, delete),
+    (SERIES + "/metadata", "GET", Operation.READ, metadata),
+    (SERIES + "/instances", "GET", Operation.SEARCH, search_instances),
+    (INSTANCE, "GET", Operation.READ, retrieve),
+    (INSTANCE, "DELETE", Operation.DELETE, delete),
+    (INSTANCE + "/metadata", "GET", Operation.READ, metadata),
+    (INSTANCE + "/frames/{frames}", "GET", Operation.READ, frames),
+    (INSTANCE + "/bulk/{tag}", "GET", Operation.READ, bulk),
     *[
-        Route(path + suffix, not_yet_rendered, methods=["GET"])
+        (path + suffix, "GET", Operation.READ, not_yet_rendered)
         for path in (STUDY, SERIES, INSTANCE, INSTANCE + "/frames/{frames}")
         for suffix in ("/rendered", "/thumbnail")
     ],
 ]
+
+ROUTES = [Route(path, guarded(operation, endpoint), methods=[method]) for path, method, operation, endpoint in TABLE]

@@ -19,7 +19,9 @@ from dicomweb.content_type import boundary_of, parse_content_type
 from dicomweb.multipart import PartData, PartEnd, PartStart, iter_parts
 from dicomweb.responses import base_url, dicom_json_response
 from pacs import errors
+from pacs.audit.trail import store_events
 from pacs.ingest import StoreReport
+from pacs.security.http import principal_of
 from pacs.services import Services
 
 BATCH = 32
@@ -92,7 +94,9 @@ async def store(request: Request, services: Services, study: str | None) -> Resp
             path.unlink(missing_ok=True)
     if not run.reports:
         raise errors.InvalidInput("the request contains no DICOM instances")
-    return _response(request, run.reports)
+    response = _response(request, run.reports)
+    request.state.audit["events"] = store_events(principal_of(request), "http", run.reports, response.status_code)
+    return response
 
 
 def _request_boundary(content_type: str) -> str:

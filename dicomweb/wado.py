@@ -23,9 +23,11 @@ from pacs.index.repository import StoredInstance
 from pacs.services import Services
 
 
-def retrieve_instances(request: Request, services: Services, study: str, series: str | None, sop: str | None) -> Response:
+def retrieve_instances(
+    request: Request, services: Services, study: str, series: str | None, sop: str | None, referred_by: str | None
+) -> Response:
     accept = parse_accept(request.headers.get("accept"))
-    stored = services.retrieve.locate(study, series, sop)
+    stored = services.retrieve.locate(study, series, sop, referred_by=referred_by)
     syntaxes = {s.transfer_syntax_uid for s in stored}
     negotiate_instances(accept, syntaxes)
     boundary = new_boundary()
@@ -44,14 +46,18 @@ def _instance_headers(stored: StoredInstance) -> dict[str, str]:
     }
 
 
-def retrieve_metadata(request: Request, services: Services, study: str, series: str | None, sop: str | None) -> Response:
+def retrieve_metadata(
+    request: Request, services: Services, study: str, series: str | None, sop: str | None, referred_by: str | None
+) -> Response:
     negotiate_metadata(parse_accept(request.headers.get("accept")))
-    return stored_json_response(request, services.retrieve.metadata(study, series, sop))
+    return stored_json_response(request, services.retrieve.metadata(study, series, sop, referred_by=referred_by))
 
 
-def retrieve_frames(request: Request, services: Services, study: str, series: str, sop: str, frame_list: str) -> Response:
+def retrieve_frames(
+    request: Request, services: Services, study: str, series: str, sop: str, frame_list: str, referred_by: str | None
+) -> Response:
     numbers = parse_frame_list(frame_list)
-    stored = services.retrieve.locate(study, series, sop)[0]
+    stored = services.retrieve.locate(study, series, sop, referred_by=referred_by)[0]
     representation = negotiate_frames(
         parse_accept(request.headers.get("accept")), stored.transfer_syntax_uid
     )
@@ -67,12 +73,14 @@ def retrieve_frames(request: Request, services: Services, study: str, series: st
     )
 
 
-def retrieve_bulk(request: Request, services: Services, study: str, series: str, sop: str, tag: str) -> Response:
+def retrieve_bulk(
+    request: Request, services: Services, study: str, series: str, sop: str, tag: str, referred_by: str | None
+) -> Response:
     # Exactly eight hex digits: int(..., 16) alone also takes "0x10", "1_0" and tags above FFFFFFFF.
     if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
         raise InvalidInput(f"bulk data reference {tag!r} is not an attribute tag")
     tag_value = int(tag, 16)
-    stored = services.retrieve.locate(study, series, sop)[0]
+    stored = services.retrieve.locate(study, series, sop, referred_by=referred_by)[0]
     negotiate_bulkdata(parse_accept(request.headers.get("accept")))
     transfer_syntax, chunks = services.retrieve.bulk(stored, tag_value)
     boundary = new_boundary()

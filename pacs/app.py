@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,10 @@ from starlette.routing import Mount, Route
 
 from dicomweb.errors import EXCEPTION_HANDLERS
 from dicomweb.routes import ROUTES as DICOMWEB_ROUTES
+from pacs.api.admin_routes import ROUTES as ADMIN_ROUTES
+from pacs.api.session_routes import ROUTES as SESSION_ROUTES
 from pacs.config import Settings
+from pacs.security.http import AuthenticationMiddleware
 from pacs.services import Services
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,8 @@ def health(request: Request) -> Response:
 
 
 def build_app(settings: Settings, services: Services | None = None, *, migrate: bool = True) -> Starlette:
+    if services is not None and services.settings != settings:
+        services = dataclasses.replace(services, settings=settings)  # the same parts, these settings
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         owned = services is None
@@ -38,18 +44,24 @@ def build_app(settings: Settings, services: Services | None = None, *, migrate: 
 
     middleware = []
     if settings.cors_origins:
+        # Outermost: preflights are answered, and refusals carry CORS headers too.
         middleware.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
                 expose_headers=["Content-Type", "Content-Length", "Warning", "Content-Location"],
                 max_age=600,
+                # Cookies cross origins only towards named origins, never to "any".
+                allow_credentials="*" not in settings.cors_origins,
             )
         )
+    middleware.append(Middleware(AuthenticationMiddleware))
     routes = [
         Route("/health", health, methods=["GET"]),
+        *SESSION_ROUTES,
+        *ADMIN_ROUTES,
         Mount("/dicom-web", routes=DICOMWEB_ROUTES),
     ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

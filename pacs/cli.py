@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from pacs.config import ConfigError, Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from pacs.dimse.server import DicomServer
     from pacs.index.remote_aes import RemoteAERepository
 
@@ -79,12 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     ae_add.add_argument("name", help="AE title (1-16 characters)")
     ae_add.add_argument("host", help="host name or address")
     ae_add.add_argument("port", type=int, help="DICOM port")
+    ae_add.add_argument("--role", default="technologist", help="technologist (default), radiologist, integration, admin")
+    ae_add.add_argument("--access", default="all", help="all (default: store and query/retrieve), store, query")
     ae_add.set_defaults(handler=cmd_ae_add)
     ae_list = ae_commands.add_parser("list", help="list remote AEs (stored and configured)")
     ae_list.set_defaults(handler=cmd_ae_list)
     ae_remove = ae_commands.add_parser("remove", help="remove a stored remote AE")
     ae_remove.add_argument("name", help="AE title")
     ae_remove.set_defaults(handler=cmd_ae_remove)
+
+    from pacs.admin_cli import add_commands
+
+    add_commands(commands)
 
     # Handled before parsing (see main); listed here for --help.
     commands.add_parser("bench", help="run the benchmarks: minipacs bench --help (see benchmarks/README.md)")
@@ -100,15 +108,25 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.no_dicom:
         changes["dicom_enabled"] = False
     settings = settings.replace(**changes) if changes else settings
+    from pacs import tls
     from pacs.index.database import open_engine
     from pacs.index.migrate import upgrade_database
 
+    try:
+        tls.check_files(settings)  # before anything starts, not at the first handshake
+    except ConfigError as exc:
+        print(f"minipacs: configuration error: {exc}", file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = open_engine(settings.effective_database_url)
-    upgrade_database(engine)  # once, before any worker starts
-    engine.dispose()
+    try:
+        upgrade_database(engine)  # once, before any worker starts
+        first_admin_password = _prepare_security(settings, engine)
+    finally:
+        engine.dispose()
     dicom = _start_dicom(settings)
-    _announce(settings, dicom_port=dicom.port if dicom else None)
+    _announce(settings, dicom_port=dicom.port if dicom else None, dicom_tls_port=dicom.tls_port if dicom else None)
+    _announce_security(settings, first_admin_password)
     # uvicorn drains HTTP on SIGTERM, then re-raises the signal with the handler that was in
     # place before it started: make that one a clean exit, so the DICOM listener is stopped too.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -123,6 +141,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             log_level=settings.log_level,
             access_log=False,
             timeout_graceful_shutdown=10,
+            ssl_certfile=settings.http_tls_cert or None,
+            ssl_keyfile=settings.http_tls_key or None,
         )
     finally:
         if dicom is not None:
@@ -147,22 +167,53 @@ def _start_dicom(settings: Settings) -> DicomServer | None:
     return server
 
 
-def _announce(settings: Settings, *, dicom_port: int | None) -> None:
+def _announce(settings: Settings, *, dicom_port: int | None, dicom_tls_port: int | None = None) -> None:
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
-    root = f"http://{host}:{settings.http_port}"
+    root = f"{'https' if settings.http_tls_cert else 'http'}://{host}:{settings.http_port}"
     print("minipacs is starting", flush=True)
     print(f"  DICOMweb:  {root}/dicom-web   (QIDO-RS, WADO-RS, STOW-RS)", flush=True)
     print(f"  Health:    {root}/health", flush=True)
     if dicom_port is not None:
         print(f"  DICOM:     {settings.ae_title} on {settings.dicom_host}:{dicom_port}   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)", flush=True)
+    if dicom_tls_port is not None:
+        print(f"  DICOM TLS: {settings.ae_title} on {settings.dicom_host}:{dicom_tls_port}", flush=True)
     print(f"  Index:     {_redact(settings.effective_database_url)}", flush=True)
     print(f"  Storage:   {settings.effective_storage_url}", flush=True)
-    if settings.http_host not in ("127.0.0.1", "localhost", "::1"):
+
+
+def _prepare_security(settings: Settings, engine: Engine) -> str | None:
+    """Apply the audit retention, and create the first administrator on an empty user table:
+    the generated password, to show once, or None."""
+    from pacs.index.accounts import AccountRepository
+    from pacs.index.audit import AuditRepository
+    from pacs.security.accounts import AccountService
+
+    audit = AuditRepository(engine)
+    audit.set_retention(settings.audit_retention_days)
+    audit.purge(settings.audit_retention_days)
+    if settings.auth == "off":
+        return None
+    return AccountService(AccountRepository(engine), token_days=settings.token_days).ensure_first_admin()
+
+
+def _announce_security(settings: Settings, first_admin_password: str | None) -> None:
+    if settings.auth == "off":
         print(
-            "  WARNING: user authentication is not part of this version yet; anyone who can reach "
-            f"{settings.http_host}:{settings.http_port} can read and write images. Keep it on a trusted network.",
+            "  WARNING: authentication is OFF (MINIPACS_AUTH=off): anyone who can reach this server can read, "
+            "store and delete images. Access is still audited, as 'anonymous'.",
             flush=True,
         )
+    elif first_admin_password is not None:
+        from pacs.security.accounts import FIRST_ADMIN
+
+        print(
+            f"  Created the first administrator. User: {FIRST_ADMIN}  Password: {first_admin_password}\n"
+            "  This password is shown only now. Log in at /login, or change it with: "
+            f"minipacs user set-password {FIRST_ADMIN}",
+            flush=True,
+        )
+    if settings.auth != "off" and not settings.dicom_allowlist:
+        print("  WARNING: MINIPACS_DICOM_ALLOWLIST is off: unknown DICOM peers may store and query.", flush=True)
 
 
 def _redact(url: str) -> str:
@@ -179,8 +230,11 @@ def _export(settings: Settings) -> None:
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
     from tqdm import tqdm
 
+    from pacs.audit.trail import store_events
     from pacs.services import Services
 
     files = list(iter_files(args.paths))
@@ -191,7 +245,11 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
         with tqdm(total=len(files), unit="file", disable=args.quiet, file=sys.stderr) as bar:
             for start in range(0, len(files), 64):
                 batch = files[start : start + 64]
-                for report in services.ingest.store_files(batch):
+                reports = services.ingest.store_files(batch)
+                for event in store_events(None, "cli", reports, None):
+                    event.actor = f"cli:{getpass.getuser()}"
+                    services.audit.record(event)
+                for report in reports:
                     if report.error is not None:
                         rejected.append((report.source, str(report.error)))
                         outcomes["rejected"] += 1
@@ -251,11 +309,11 @@ def cmd_ae_add(settings: Settings, args: argparse.Namespace) -> int:
 
     with _remote_aes(settings) as repository:
         try:
-            repository.add(validated(args.name, args.host, args.port))
+            repository.add(validated(args.name, args.host, args.port, args.role, args.access))
         except PacsError as exc:
             print(f"minipacs: {exc}", file=sys.stderr)
             return 1
-    print(f"added {args.name} at {args.host}:{args.port}")
+    print(f"added {args.name} at {args.host}:{args.port} ({args.role}, access {args.access})")
     return 0
 
 
@@ -263,7 +321,7 @@ def cmd_ae_list(settings: Settings, args: argparse.Namespace) -> int:
     with _remote_aes(settings) as repository:
         entries = repository.all()
     for entry in entries:
-        print(f"{entry.ae_title:<16} {entry.host}:{entry.port}")
+        print(f"{entry.ae_title:<16} {entry.host}:{entry.port:<6} {entry.role:<13} access={entry.access}")
     if not entries:
         print("no remote AEs; add one with: minipacs ae add NAME HOST PORT")
     return 0

@@ -42,9 +42,24 @@ class Settings:
     dicom_acse_timeout: int = 30  # seconds
     dicom_dimse_timeout: int = 60
     dicom_network_timeout: int = 120
-    dicom_allowlist: bool = False  # when on, only calling AE titles of known remote AEs may associate
+    # When on, only calling AE titles of known remote AEs may associate; when off, unknown ones
+    # may store and query (known ones keep the access they were given).
+    dicom_allowlist: bool = True
     remote_aes: str = ""  # NAME@HOST:PORT,... (also `minipacs ae add`)
+    dicom_tls_port: int = 2762  # the DICOM TLS listener, when a certificate is configured
+    dicom_tls_cert: str = ""  # PEM certificate chain; setting it (and the key) starts the TLS listener
+    dicom_tls_key: str = ""
+    dicom_tls_ca: str = ""  # PEM CA bundle: when set, TLS peers must present a certificate it signed
+    http_tls_cert: str = ""  # PEM certificate chain: HTTPS instead of HTTP
+    http_tls_key: str = ""
     auth: str = "on"
+    session_hours: int = 12  # browser sessions end after this long without use
+    token_days: int = 365  # default lifetime of a new API token
+    login_max_failures: int = 5  # failed logins per account or address before a lockout
+    login_lockout_minutes: int = 15
+    cookie_secure: str = "auto"  # auto: Secure cookies over HTTPS and on loopback; on; off
+    audit_retention_days: int = 2557  # seven years
+    audit_syslog: str = ""  # udp://HOST:PORT or tcp://HOST:PORT: audit events as RFC 5424 syslog too
     cors_origins: tuple[str, ...] = ()
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
@@ -108,6 +123,14 @@ class Settings:
             )
         if self.auth not in ("on", "off"):
             raise ConfigError(f"MINIPACS_AUTH must be 'on' or 'off', not {self.auth!r}")
+        if self.cookie_secure not in ("auto", "on", "off"):
+            raise ConfigError(f"MINIPACS_COOKIE_SECURE must be auto, on or off, not {self.cookie_secure!r}")
+        if bool(self.http_tls_cert) != bool(self.http_tls_key):
+            raise ConfigError("MINIPACS_HTTP_TLS_CERT and MINIPACS_HTTP_TLS_KEY go together")
+        if bool(self.dicom_tls_cert) != bool(self.dicom_tls_key):
+            raise ConfigError("MINIPACS_DICOM_TLS_CERT and MINIPACS_DICOM_TLS_KEY go together")
+        if self.audit_syslog and not self.audit_syslog.startswith(("udp://", "tcp://")):
+            raise ConfigError(f"MINIPACS_AUDIT_SYSLOG must be udp://HOST:PORT or tcp://HOST:PORT, not {self.audit_syslog!r}")
         if self.qido_max_limit < 1:
             raise ConfigError(f"MINIPACS_QIDO_MAX_LIMIT must be at least 1, not {self.qido_max_limit}")
         if not 0 < self.qido_default_limit <= self.qido_max_limit:
@@ -123,10 +146,20 @@ class Settings:
                 parse_remote_aes(self.remote_aes)
             except InvalidInput as exc:
                 raise ConfigError(f"MINIPACS_REMOTE_AES: {exc}") from None
-        for name in ("dicom_max_associations", "dicom_acse_timeout", "dicom_dimse_timeout", "dicom_network_timeout"):
+        for name in (
+            "dicom_max_associations",
+            "dicom_acse_timeout",
+            "dicom_dimse_timeout",
+            "dicom_network_timeout",
+            "session_hours",
+            "token_days",
+            "login_max_failures",
+            "login_lockout_minutes",
+            "audit_retention_days",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MINIPACS_{name.upper()} must be at least 1")
-        for name in ("http_port", "dicom_port"):
+        for name in ("http_port", "dicom_port", "dicom_tls_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"MINIPACS_{name.upper()} must be a TCP port, not {port}")
@@ -170,6 +203,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return "on" if value else "off"
             text = str(value).strip()
             if key == "auth":
+                lowered = text.lower()
+                return "on" if lowered in _TRUE else "off" if lowered in _FALSE else lowered
+            if key == "cookie_secure":
                 lowered = text.lower()
                 return "on" if lowered in _TRUE else "off" if lowered in _FALSE else lowered
             return text.lower() if key in ("duplicate_policy", "log_level") else text

@@ -6,6 +6,9 @@
     │   ├── InvalidQuery          malformed search parameters
     │   ├── StudyMismatch         instance does not belong to the study named in the request
     │   └── InstanceMismatch      the data set is not the instance the request announced
+    ├── NotAuthenticated          no credential, or one we do not accept
+    │   └── TooManyAttempts       too many failed logins for the account or the address
+    ├── Forbidden                 the caller is known but may not do this
     ├── NotFound                  no such study / series / instance / frame
     ├── Conflict                  the request clashes with what is stored
     │   └── DuplicateInstance     same SOPInstanceUID already stored and policy is "reject"
@@ -42,6 +45,20 @@ class StudyMismatch(InvalidInput):
 
 
 class InstanceMismatch(InvalidInput):
+    pass
+
+
+class NotAuthenticated(PacsError):
+    pass
+
+
+class TooManyAttempts(NotAuthenticated):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Forbidden(PacsError):
     pass
 
 

@@ -37,11 +37,15 @@ class RetrieveService:
         self.index = index
         self.blobs = blobs
 
-    def locate(self, study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
-        return self.index.locate(study, series, sop)
+    def locate(
+        self, study: str, series: str | None = None, sop: str | None = None, *, referred_by: str | None = None
+    ) -> list[StoredInstance]:
+        return self.index.locate(study, series, sop, referred_by=referred_by)
 
-    def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[str]:
-        return self.index.metadata(study, series, sop)
+    def metadata(
+        self, study: str, series: str | None = None, sop: str | None = None, *, referred_by: str | None = None
+    ) -> list[str]:
+        return self.index.metadata(study, series, sop, referred_by=referred_by)
 
     def iter_file(self, stored: StoredInstance) -> Iterator[bytes]:
         return self.blobs.iter_range(stored.blob_key)

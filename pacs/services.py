@@ -7,13 +7,18 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from pacs.audit.trail import AuditTrail
 from pacs.config import Settings
+from pacs.index.accounts import AccountRepository
+from pacs.index.audit import AuditRepository
 from pacs.index.database import open_engine
 from pacs.index.migrate import upgrade_database
 from pacs.index.remote_aes import RemoteAERepository, parse_remote_aes
 from pacs.index.repository import IndexRepository
 from pacs.ingest import IngestService
 from pacs.retrieve import RetrieveService
+from pacs.security.accounts import AccountService
+from pacs.security.authn import Authenticator
 from storage import open_blob_store
 from storage.base import BlobStore
 
@@ -29,6 +34,9 @@ class Services:
     ingest: IngestService
     retrieve: RetrieveService
     remote_aes: RemoteAERepository
+    accounts: AccountService
+    authenticator: Authenticator
+    audit: AuditTrail
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -47,9 +55,22 @@ class Services:
             index, blobs, duplicate_policy=settings.duplicate_policy, temp_dir=settings.data_dir / "tmp"
         )
         remote_aes = RemoteAERepository(engine, parse_remote_aes(settings.remote_aes))
-        return cls(settings, engine, index, blobs, ingest, RetrieveService(index, blobs), remote_aes)
+        account_repository = AccountRepository(engine)
+        accounts = AccountService(account_repository, token_days=settings.token_days)
+        authenticator = Authenticator(account_repository, settings)
+        accounts.on_change.append(authenticator.clear_cache)
+        audit = AuditTrail(
+            AuditRepository(engine), retention_days=settings.audit_retention_days, syslog_url=settings.audit_syslog
+        )
+        if migrate:
+            audit.apply_retention()
+        return cls(
+            settings, engine, index, blobs, ingest, RetrieveService(index, blobs), remote_aes,
+            accounts, authenticator, audit,
+        )
 
     def close(self) -> None:
+        self.audit.close()
         self.ingest.close()
         self.blobs.close()
         self.engine.dispose()

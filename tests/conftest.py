@@ -73,7 +73,16 @@ def services(settings: Settings) -> Iterator[Services]:
         built.close()
 
 
+def bearer_headers(services: Services, role: str = "admin", username: str | None = None, **user: str) -> dict[str, str]:
+    """An Authorization header for a new user of `role` (with an API token, no password)."""
+    name = username or f"{role}-{uuid.uuid4().hex[:8]}"
+    services.accounts.add_user(name, role, **user)
+    return {"Authorization": f"Bearer {services.accounts.issue_token(name).secret}"}
+
+
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
-    with TestClient(build_app(services.settings, services)) as test_client:
+    """A DICOMweb client authenticated as an administrator."""
+    app = build_app(services.settings, services)
+    with TestClient(app, headers=bearer_headers(services, username="tester")) as test_client:
         yield test_client

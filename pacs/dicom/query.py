@@ -41,6 +41,8 @@ class Query:
     offset: int = 0
     include_parents: bool = True  # return the attributes of the enclosing study/patient too
     ignored: tuple[str, ...] = field(default=())  # attributes not supported for matching
+    # Only studies whose (normalised) ReferringPhysicianName is this: what a provider may see.
+    referred_by: str | None = None
 
 
 # re.ASCII: DICOM numbers are ASCII digits (PS3.5 6.2); without it \d also takes "٣" or "²".

@@ -24,9 +24,11 @@ from pynetdicom.sop_class import (
 )
 
 from pacs import errors
-from pacs.dimse import status
+from pacs.audit.trail import Action, Outcome, store_events
+from pacs.dimse import access, status
 from pacs.dimse.identifiers import PATIENT_ROOT, STUDY_ROOT, identifier_from_row, query_from_identifier, retrieve_query
 from pacs.index.repository import StoredInstance
+from pacs.security.policy import Operation
 from pacs.services import Services
 
 log = logging.getLogger("pacs.dimse")
@@ -94,11 +96,16 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_store(event: Event, services: Services) -> int:
+    principal = access.permitted(event, services, Operation.STORE, Action.STORE)
+    if principal is None:
+        return access.NOT_AUTHORIZED  # pynetdicom removes the received temp file
     request = cast(C_STORE, event.request)
     announced = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
     report = services.ingest.store_file(event.dataset_path, consume=True, announced=announced)
+    code = status.SUCCESS if report.error is None else status.status_for(report.error, service="store")
+    for audit_event in store_events(principal, "dimse", [report], code):
+        services.audit.record(audit_event)
     if report.error is not None:
-        code = status.status_for(report.error, service="store")
         log.warning("C-STORE from %s refused (0x%04X): %s", peer(event), code, report.error)
         return code
     log.info("C-STORE from %s: %s %s", peer(event), report.sop_instance_uid, report.outcome.value if report.outcome else "")
@@ -110,19 +117,29 @@ def _model(event: Event) -> str:
 
 
 def handle_find(event: Event, services: Services) -> Iterator[tuple[int, Dataset | None]]:
+    principal = access.permitted(event, services, Operation.SEARCH, Action.SEARCH)
+    if principal is None:
+        yield access.NOT_AUTHORIZED, None
+        return
     try:
         identifier = event.identifier
         query = query_from_identifier(identifier, _model(event))
         rows = services.index.search(query)
     except errors.PacsError as exc:
         log.warning("C-FIND from %s refused: %s", peer(event), exc)
-        yield status.status_for(exc, service="query"), None
+        code = status.status_for(exc, service="query")
+        access.record(services, principal, Action.SEARCH, Outcome.FAILURE, code, detail={"reason": str(exc)[:200]})
+        yield code, None
         return
     except Exception as exc:  # an identifier pydicom cannot decode
         log.warning("C-FIND from %s: unreadable identifier: %s", peer(event), exc)
         yield status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
         return
     log.info("C-FIND from %s at %s level: %d match(es)", peer(event), identifier.QueryRetrieveLevel, len(rows))
+    access.record(
+        services, principal, Action.SEARCH, Outcome.SUCCESS, status.SUCCESS,
+        detail={"query": access.identifier_summary(identifier), "results": len(rows)},
+    )
     ae_title = services.settings.ae_title
     for row in rows:
         if event.is_cancelled:
@@ -136,14 +153,20 @@ def _instances(event: Event, services: Services) -> list[StoredInstance]:
 
 
 def handle_get(event: Event, services: Services) -> Iterator[Any]:
+    principal = access.permitted(event, services, Operation.READ, Action.READ)
+    if principal is None:
+        yield 1  # pynetdicom reads a failure status only after a sub-operation count
+        yield access.NOT_AUTHORIZED, None
+        return
     try:
         stored = _instances(event, services)
     except errors.PacsError as exc:
         log.warning("C-GET from %s refused: %s", peer(event), exc)
-        yield 1  # pynetdicom reads a failure status only after a sub-operation count
+        yield 1
         yield status.status_for(exc, service="query"), None
         return
     log.info("C-GET from %s: %d instance(s)", peer(event), len(stored))
+    access.record_per_study(services, principal, Action.READ, stored)
     yield len(stored)
     yield from _send(event, services, stored)
 
@@ -154,7 +177,10 @@ def handle_move(event: Event, services: Services) -> Iterator[Any]:
         log.warning("C-MOVE from %s to unknown destination %r", peer(event), event.move_destination)
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
+    principal = access.permitted(event, services, Operation.EXPORT, Action.EXPORT)
     try:
+        if principal is None:
+            raise errors.Forbidden("not authorized")
         stored = _instances(event, services)
     except errors.PacsError as exc:
         log.warning("C-MOVE from %s refused: %s", peer(event), exc)
@@ -162,8 +188,9 @@ def handle_move(event: Event, services: Services) -> Iterator[Any]:
         # association minimal (Verification only).
         yield destination.host, destination.port, {"contexts": [build_context(Verification)]}
         yield 1
-        yield status.status_for(exc, service="query"), None
+        yield access.NOT_AUTHORIZED if principal is None else status.status_for(exc, service="query"), None
         return
+    access.record_per_study(services, principal, Action.EXPORT, stored, destination=destination.ae_title)
     contexts = _contexts_for(stored)
     yield destination.host, destination.port, {
         "contexts": contexts,

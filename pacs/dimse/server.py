@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -24,6 +25,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacs import tls
 from pacs.config import Settings
 from pacs.dimse import handlers
 from pacs.services import Services
@@ -119,24 +121,63 @@ class DicomServer:
 
     def __init__(self, settings: Settings, services: Services) -> None:
         self.settings = settings
-        self.services = services
+        # Handlers read the listener's settings (allowlist, AE title) through the services they get.
+        self.services = services if services.settings == settings else dataclasses.replace(services, settings=settings)
         self.ae = build_ae(settings)
         self.allowlist = AllowList(self.ae, services) if settings.dicom_allowlist else None
+        # Read now: an unusable certificate stops start-up (ConfigError) rather than every TLS peer.
+        self.tls_context = tls.dicom_server_context(settings)
         self.server: ThreadedAssociationServer | None = None
+        self.tls_server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
+        table = handler_table(self.services, self.allowlist)
         address = (self.settings.dicom_host, self.settings.dicom_port)
-        server = self.ae.start_server(address, block=False, evt_handlers=handler_table(self.services, self.allowlist))
+        server = self.ae.start_server(address, block=False, evt_handlers=table)
         assert server is not None
         self.server = server
         log.info("DICOM listener %s on %s:%d", self.settings.ae_title, *server.server_address[:2])
+        if self.tls_context is None:
+            return
+        tls_address = (self.settings.dicom_host, self.settings.dicom_tls_port)
+        try:
+            tls_server = self.ae.start_server(
+                tls_address,
+                block=False,
+                evt_handlers=[(evt.EVT_CONN_OPEN, self._handshake), *table],
+                ssl_context=self.tls_context,
+            )
+        except OSError:
+            self.stop()  # e.g. the TLS port is taken: no half-started listener
+            raise
+        assert tls_server is not None
+        self.tls_server = tls_server
+        log.info("DICOM TLS listener %s on %s:%d", self.settings.ae_title, *tls_server.server_address[:2])
+
+    def _handshake(self, event: Any) -> None:
+        """The TLS handshake, in the connection's own thread (pacs.tls defers it from the accept loop)."""
+        connection = event.assoc.dul.socket
+        sock = connection.socket
+        try:
+            tls.finish_handshake(sock, self.settings.dicom_acse_timeout)
+        except OSError as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or exc
+            log.warning("DICOM TLS handshake with %s:%d failed: %s", *event.address[:2], reason)
+            connection.close()  # the association ends as if the peer had dropped the connection
+            sock.close()  # pynetdicom skips this when shutdown() fails, as it does on a failed handshake
 
     @property
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS listener's port; None when no DICOM certificate is configured."""
+        return None if self.tls_server is None else int(self.tls_server.server_address[1])
+
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.shutdown()
+        self.server = self.tls_server = None

@@ -19,7 +19,7 @@ from pacs.dicom.query import Query
 from pacs.errors import DuplicateInstance, NotFound, StudyMismatch
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import instances, patients, series, studies
-from pacs.index.search import compile_query, run_query
+from pacs.index.search import compile_query, run_query, visible_studies
 
 
 class Outcome(enum.Enum):
@@ -186,9 +186,11 @@ class IndexRepository:
             return [r[1] for r in rows]
 
     # ---- lookups ------------------------------------------------------------------------
-    def locate(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[StoredInstance]:
+    def locate(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, referred_by: str | None = None
+    ) -> list[StoredInstance]:
         with read_transaction(self.engine) as conn:
-            rows = conn.execute(_locate_stmt(study_uid, series_uid, sop_uid)).all()
+            rows = conn.execute(_locate_stmt(study_uid, series_uid, sop_uid, referred_by)).all()
         if not rows:
             raise NotFound(_describe(study_uid, series_uid, sop_uid) + " not found")
         return [
@@ -201,8 +203,10 @@ class IndexRepository:
             for r in rows
         ]
 
-    def metadata(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
-        stmt = _locate_stmt(study_uid, series_uid, sop_uid).with_only_columns(instances.c.metadata_json)
+    def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, referred_by: str | None = None
+    ) -> list[str]:
+        stmt = _locate_stmt(study_uid, series_uid, sop_uid, referred_by).with_only_columns(instances.c.metadata_json)
         with read_transaction(self.engine) as conn:
             documents = list(conn.execute(stmt).scalars())
         if not documents:
@@ -213,8 +217,8 @@ class IndexRepository:
         with read_transaction(self.engine) as conn:
             return run_query(conn, query)
 
-    def locate_scope(self, study_uid: str, series_uid: str | None = None) -> None:
-        """Raise NotFound unless the study (and series, when given) exists."""
+    def locate_scope(self, study_uid: str, series_uid: str | None = None, *, referred_by: str | None = None) -> None:
+        """Raise NotFound unless the study (and series, when given) exists (and is visible)."""
         stmt = select(studies.c.pk).where(studies.c.study_instance_uid == study_uid)
         if series_uid is not None:
             stmt = (
@@ -222,6 +226,8 @@ class IndexRepository:
                 .join(studies, series.c.study_pk == studies.c.pk)
                 .where(studies.c.study_instance_uid == study_uid, series.c.series_instance_uid == series_uid)
             )
+        if referred_by is not None:
+            stmt = stmt.where(visible_studies(Level.STUDY, referred_by))
         with read_transaction(self.engine) as conn:
             if conn.execute(stmt).first() is None:
                 raise NotFound(_describe(study_uid, series_uid, None) + " not found")
@@ -238,6 +244,15 @@ class IndexRepository:
             )
             for r in rows
         ]
+
+    def patient_of_study(self, study_uid: str) -> str | None:
+        stmt = (
+            select(patients.c.patient_id)
+            .join(studies, studies.c.patient_pk == patients.c.pk)
+            .where(studies.c.study_instance_uid == study_uid)
+        )
+        with read_transaction(self.engine) as conn:
+            return conn.execute(stmt).scalar()
 
     def counts(self) -> dict[str, int]:
         with read_transaction(self.engine) as conn:
@@ -310,7 +325,7 @@ def _upper(value: str | None) -> str | None:
     return value.upper() if value else None
 
 
-def _locate_stmt(study_uid: str, series_uid: str | None, sop_uid: str | None) -> Any:
+def _locate_stmt(study_uid: str, series_uid: str | None, sop_uid: str | None, referrer: str | None = None) -> Any:
     stmt = (
         select(
             studies.c.study_instance_uid, series.c.series_instance_uid, instances.c.sop_instance_uid,
@@ -325,6 +340,8 @@ def _locate_stmt(study_uid: str, series_uid: str | None, sop_uid: str | None) ->
         stmt = stmt.where(series.c.series_instance_uid == series_uid)
     if sop_uid is not None:
         stmt = stmt.where(instances.c.sop_instance_uid == sop_uid)
+    if referrer is not None:
+        stmt = stmt.where(visible_studies(Level.STUDY, referrer))
     return stmt
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -107,6 +108,76 @@ remote_aes = Table(
     Column("host", String(255), nullable=False),
     Column("port", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # What the AE may do when it calls us (see pacs.security.roles): a role, narrowed by access.
+    Column("role", String(16), nullable=False, server_default="technologist"),
+    Column("access", String(16), nullable=False, server_default="all"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(255)),  # argon2id; NULL: token-only account
+    Column("provider_name", String(324)),  # providers: the ReferringPhysicianName (upper case) of their studies
+    Column("disabled", Boolean, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# API tokens and browser sessions: only a SHA-256 of the secret is kept.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("user_pk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False, index=True),
+    Column("kind", String(8), nullable=False),  # "api" or "session"
+    Column("label", String(128), nullable=False, server_default=""),
+    Column("scopes", String(512), nullable=False, server_default=""),  # comma-separated; empty: the role's
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("subject", String(128), nullable=False),  # "user:NAME" or "address:IP"
+    Column("failed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_login_failures_subject_failed_at", "subject", "failed_at"),
+)
+
+# Append-only: the database refuses UPDATE, and DELETE of events younger than the retention
+# period recorded in audit_policy (triggers created by migration 0003).
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("channel", String(8), nullable=False),  # http, dimse, cli
+    Column("actor", String(128), nullable=False),  # user name, "AE:TITLE", or "anonymous"
+    Column("actor_role", String(16), nullable=False, server_default=""),
+    Column("source", String(64), nullable=False, server_default=""),  # client address
+    Column("action", String(16), nullable=False),  # search, read, store, delete, export, login, admin
+    Column("outcome", String(16), nullable=False),  # success, failure, denied, unauthenticated
+    Column("status", Integer),  # HTTP or DIMSE status
+    Column("patient_id", String(64), index=True),
+    Column("study_uid", String(64), index=True),
+    Column("series_uid", String(64)),
+    Column("sop_uid", String(64)),
+    Column("count", Integer, nullable=False, server_default="1"),  # identical accesses folded into one row
+    Column("detail", Text, nullable=False, server_default="{}"),  # JSON: query, target, counts
+    Index("ix_audit_events_actor_occurred_at", "actor", "occurred_at"),
+)
+
+audit_policy = Table(
+    "audit_policy",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("retention_days", Integer, nullable=False),
 )
 
 Index("ix_patients_patient_name_norm", patients.c.patient_name_norm)

@@ -45,6 +45,8 @@ def compile_query(query: Query) -> Select:
     stmt = select(*columns).select_from(_join_chain(query.level))
     for condition in query.conditions:
         stmt = stmt.where(condition_sql(condition))
+    if query.referred_by is not None:
+        stmt = stmt.where(visible_studies(query.level, query.referred_by))
     stmt = stmt.order_by(base.c.pk).offset(query.offset)
     if query.limit is not None:
         stmt = stmt.limit(query.limit)
@@ -68,6 +70,18 @@ def _join_chain(level: Level) -> Any:
     if level >= Level.INSTANCE:
         chain = chain.join(instances, instances.c.series_pk == series.c.pk)
     return chain
+
+
+def referred_by(referrer: str) -> ColumnElement[bool]:
+    """Studies whose referring physician is `referrer` (compared as pacs.security.principal
+    normalises names: upper case, trailing empty components dropped)."""
+    return func.rtrim(studies.c.referring_physician_name_norm, "^") == referrer
+
+
+def visible_studies(level: Level, referrer: str) -> ColumnElement[bool]:
+    if level == Level.PATIENT:
+        return exists().where(studies.c.patient_pk == patients.c.pk, referred_by(referrer))
+    return referred_by(referrer)
 
 
 def condition_sql(condition: Condition) -> ColumnElement[bool]:

@@ -14,14 +14,14 @@ from pacs.config import Settings
 
 @pytest.fixture
 def cors_client(sqlite_settings: Settings) -> Iterator[TestClient]:
-    settings = sqlite_settings.replace(cors_origins=("https://viewer.example.org",))
+    settings = sqlite_settings.replace(cors_origins=("https://viewer.example.org",), auth="off")
     with TestClient(build_app(settings)) as client:
         yield client
 
 
 @pytest.fixture
 def plain_client(sqlite_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(build_app(sqlite_settings)) as client:
+    with TestClient(build_app(sqlite_settings.replace(auth="off"))) as client:
         yield client
 
 
@@ -70,7 +70,7 @@ def test_unknown_route_and_method_are_json_errors(plain_client: TestClient) -> N
 def test_public_url_is_used_in_retrieve_urls(sqlite_settings: Settings) -> None:
     from tests.support.factories import make_ct, stow_body
 
-    settings = sqlite_settings.replace(public_url="https://pacs.example.org/")
+    settings = sqlite_settings.replace(public_url="https://pacs.example.org/", auth="off")
     with TestClient(build_app(settings)) as client:
         body, content_type = stow_body([make_ct()])
         answer = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).json()

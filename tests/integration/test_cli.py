@@ -347,6 +347,12 @@ def server(tmp_path: Path, data_env: dict[str, str]) -> Iterator[Server]:
             process.wait()
 
 
+def first_admin_password(output: str) -> str:
+    match = re.search(r"User: admin  Password: (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
 def _answers(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
@@ -361,12 +367,17 @@ def test_serve_answers_and_stops_cleanly(server: Server, stop: signal.Signals, t
     assert f"MINIPACS on 127.0.0.1:{server.dicom_port}" in server.output()
     assert _listening(server.dicom_port)
     assert httpx.get(f"{root}/health").json() == {"status": "ok"}
-    studies = httpx.get(f"{root}/dicom-web/studies", headers={"Accept": "application/dicom+json"})
+    # Secure by default: nothing without a credential; the first administrator's password is
+    # printed once at the first start.
+    assert httpx.get(f"{root}/dicom-web/studies").status_code == 401
+    auth = ("admin", first_admin_password(server.output()))
+    studies = httpx.get(f"{root}/dicom-web/studies", headers={"Accept": "application/dicom+json"}, auth=auth)
     assert studies.status_code == 200 and studies.json() == []
     assert studies.headers["content-type"].startswith("application/dicom+json")
     # It stores too: the data folder given in the environment is the one used.
     body, content_type = _one_instance_body()
-    assert httpx.post(f"{root}/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+    stored = httpx.post(f"{root}/dicom-web/studies", content=body, headers={"Content-Type": content_type}, auth=auth)
+    assert stored.status_code == 200
     assert len(list((tmp_path / "data" / "storage").rglob("*.dcm"))) == 1
 
     server.process.send_signal(stop)

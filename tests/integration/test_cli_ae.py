@@ -46,13 +46,22 @@ def test_add_list_remove(env: dict[str, str]) -> None:
 
     # Entries from the setting are listed with the stored ones.
     with_setting = {**env, "MINIPACS_REMOTE_AES": "CONFIGURED@192.0.2.1:4242"}
+    default = ["technologist", "access=all"]
     assert listed(with_setting) == [
-        ["CONFIGURED", "192.0.2.1:4242"], ["VIEWER", "viewer.local:104"], ["WORKSTATION", "10.0.0.5:11113"],
+        ["CONFIGURED", "192.0.2.1:4242", *default], ["VIEWER", "viewer.local:104", *default],
+        ["WORKSTATION", "10.0.0.5:11113", *default],
     ]
 
     removed = minipacs(env, "ae", "remove", "WORKSTATION")
     assert removed.returncode == 0, removed.stderr
-    assert listed(env) == [["VIEWER", "viewer.local:104"]]
+    assert listed(env) == [["VIEWER", "viewer.local:104", *default]]
+
+    # A peer can be bound to a role and narrowed to storing or querying.
+    narrowed = minipacs(env, "ae", "add", "READER", "10.0.0.7", "104", "--role", "radiologist", "--access", "query")
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert ["READER", "10.0.0.7:104", "radiologist", "access=query"] in listed(env)
+    wrong = minipacs(env, "ae", "add", "X", "10.0.0.8", "104", "--access", "everything")
+    assert wrong.returncode != 0 and "access 'everything' is not one of all, store, query" in wrong.stderr
     missing = minipacs(env, "ae", "remove", "WORKSTATION")
     assert missing.returncode != 0
     assert "no remote AE WORKSTATION" in missing.stderr
@@ -79,6 +88,8 @@ def test_invalid_entries_are_refused(env: dict[str, str]) -> None:
 
 def test_serve_answers_echoscu_and_stops_on_sigterm(env: dict[str, str], tmp_path: Path) -> None:
     http_port, dicom_port = free_port(), free_port()
+    # Only known calling AEs may associate by default.
+    assert minipacs(env, "ae", "add", "KNOWNSCU", "127.0.0.1", "104").returncode == 0
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -100,8 +111,11 @@ def test_serve_answers_echoscu_and_stops_on_sigterm(env: dict[str, str], tmp_pat
                     pass
                 assert time.monotonic() < deadline, "minipacs serve did not start"
                 time.sleep(0.05)
-            result = dcmtk_ok("echoscu", "-v", "-aec", "TESTPACS", "127.0.0.1", dicom_port)
+            result = dcmtk_ok("echoscu", "-v", "-aet", "KNOWNSCU", "-aec", "TESTPACS", "127.0.0.1", dicom_port)
             assert "Received Echo Response (Success)" in result.stderr + result.stdout
+            stranger = dcmtk("echoscu", "-aet", "STRANGER", "-aec", "TESTPACS", "127.0.0.1", dicom_port)
+            assert stranger.returncode != 0
+            assert "Association Rejected" in stranger.stderr + stranger.stdout
         finally:
             process.send_signal(signal.SIGTERM)
             try:

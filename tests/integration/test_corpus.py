@@ -27,7 +27,7 @@ from dicomweb.multipart import iter_multipart, multipart_content_type, new_bound
 from pacs.app import build_app
 from pacs.config import Settings
 from pacs.services import Services
-from tests.conftest import make_settings
+from tests.conftest import bearer_headers, make_settings
 from tests.support.factories import split_multipart
 
 STOW_BATCH = 20
@@ -309,7 +309,9 @@ def _sweep(client: TestClient, files: list[CorpusFile]) -> dict[str, tuple[Corpu
 def sqlite_client(tmp_path: Path) -> Iterator[TestClient]:
     services = Services.build(Settings.from_mapping({"data_dir": tmp_path / "data"}))
     try:
-        with TestClient(build_app(services.settings, services), raise_server_exceptions=False) as client:
+        with TestClient(
+            build_app(services.settings, services), raise_server_exceptions=False, headers=bearer_headers(services)
+        ) as client:
             yield client
     finally:
         services.close()
@@ -320,7 +322,9 @@ def postgres_client(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     for settings in make_settings("postgres-s3", tmp_path, request):
         services = Services.build(settings)
         try:
-            with TestClient(build_app(settings, services), raise_server_exceptions=False) as client:
+            with TestClient(
+                build_app(settings, services), raise_server_exceptions=False, headers=bearer_headers(services)
+            ) as client:
                 yield client
         finally:
             services.close()

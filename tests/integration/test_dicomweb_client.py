@@ -8,11 +8,13 @@ import numpy as np
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_user_pass
+from requests.exceptions import HTTPError
 from pydicom.data import get_testdata_file
 
 from pacs.config import Settings
 from tests.support.factories import make_series
-from tests.support.server import running_server
+from tests.support.server import create_user, running_server
 
 pytestmark = [
     # requests/urllib3 and dicomweb-client internals may warn on newer Pythons
@@ -22,8 +24,31 @@ pytestmark = [
 
 @pytest.fixture
 def web(settings: Settings) -> Iterator[DICOMwebClient]:
+    """dicomweb-client with a technologist's bearer token (store, read, delete)."""
+    _, token = create_user(settings, "technologist")
     with running_server(settings) as url:
-        yield DICOMwebClient(url=f"{url}/dicom-web")
+        yield DICOMwebClient(url=f"{url}/dicom-web", headers={"Authorization": f"Bearer {token}"})
+
+
+def test_credentials_are_required_and_basic_works(settings: Settings) -> None:
+    name, _ = create_user(settings, "radiologist", password="correct horse battery")
+    with running_server(settings) as url:
+        anonymous = DICOMwebClient(url=f"{url}/dicom-web")
+        with pytest.raises(HTTPError) as refused:
+            anonymous.search_for_studies()
+        assert refused.value.response.status_code == 401
+        wrong = DICOMwebClient(url=f"{url}/dicom-web", session=create_session_from_user_pass(name, "wrong password"))
+        with pytest.raises(HTTPError) as refused:
+            wrong.search_for_studies()
+        assert refused.value.response.status_code == 401
+        basic = DICOMwebClient(
+            url=f"{url}/dicom-web", session=create_session_from_user_pass(name, "correct horse battery")
+        )
+        assert basic.search_for_studies() == []
+        # A radiologist reads but does not store.
+        with pytest.raises(HTTPError) as forbidden:
+            basic.store_instances(make_series(1))
+        assert forbidden.value.response.status_code == 403
 
 
 def test_store_search_retrieve_delete(web: DICOMwebClient) -> None:

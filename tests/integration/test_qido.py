@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from pacs.app import build_app
 from pacs.services import Services
-from tests.conftest import BACKENDS, make_settings
+from tests.conftest import BACKENDS, bearer_headers, make_settings
 from tests.support.factories import make_ct, make_series, stow_body
 
 JSON = {"Accept": "application/dicom+json"}
@@ -117,7 +117,7 @@ def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     for settings in make_settings(request.param, tmp_path_factory.mktemp("qido"), request):
         services = Services.build(settings)
         try:
-            with TestClient(build_app(settings, services)) as client:
+            with TestClient(build_app(settings, services), headers=bearer_headers(services)) as client:
                 studies, series, datasets = study_data()
                 body, content_type = stow_body(datasets)
                 stored = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
@@ -452,7 +452,7 @@ def test_clamped_limit_returns_at_most_the_maximum(
     for settings in make_settings(kind, tmp_path, request, qido_max_limit=2, qido_default_limit=2):
         services = Services.build(settings)
         try:
-            with TestClient(build_app(settings, services)) as client:
+            with TestClient(build_app(settings, services), headers=bearer_headers(services)) as client:
                 store(client, [make_ct(8, seed=i) for i in range(3)])
                 clamped = client.get("/dicom-web/studies", params={"limit": "3"})
                 assert len(clamped.json()) == 2

@@ -31,7 +31,8 @@ from pacs.config import Settings
 from pacs.errors import DatabaseUnavailable, StorageUnavailable
 from pacs.index.repository import IndexRepository
 from pacs.services import Services
-from tests.conftest import make_settings
+from tests.conftest import bearer_headers, make_settings
+from tests.support.server import create_user
 from tests.support.factories import (
     make_ct,
     make_series,
@@ -122,7 +123,7 @@ def assert_unchanged(client: TestClient, services: Services, earlier: Dataset, b
 def build_client(settings: Settings) -> Iterator[tuple[TestClient, Services]]:
     services = Services.build(settings)
     try:
-        with TestClient(build_app(settings, services)) as client:
+        with TestClient(build_app(settings, services), headers=bearer_headers(services)) as client:
             yield client, services
     finally:
         services.close()
@@ -638,7 +639,9 @@ def test_unexpected_index_error_is_a_500_and_leaves_no_blob(
 
     monkeypatch.setattr(IndexRepository, "commit_instances", broken)
     try:
-        with TestClient(build_app(services.settings, services), raise_server_exceptions=False) as client:
+        with TestClient(
+            build_app(services.settings, services), raise_server_exceptions=False, headers=bearer_headers(services)
+        ) as client:
             answer = post(client, [make_ct()])
             assert answer.status_code == 500
             assert "bug in the index code" not in answer.text  # no internals in the answer
@@ -699,7 +702,9 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def _server(data_dir: Path) -> Iterator[tuple[str, int]]:
+def _server(data_dir: Path) -> Iterator[tuple[str, int, dict[str, str]]]:
+    """A real `minipacs serve`: its root URL, its pid, and a technologist's Authorization header."""
+    _, token = create_user(Settings.from_mapping({"data_dir": data_dir}), "technologist")
     port = free_port()
     env = {**os.environ, "MINIPACS_DATA_DIR": str(data_dir), "MINIPACS_HTTP_PORT": str(port)}
     proc = subprocess.Popen(
@@ -718,7 +723,7 @@ def _server(data_dir: Path) -> Iterator[tuple[str, int]]:
                 pass
             assert time.monotonic() < deadline, "the server did not answer /health"
             time.sleep(0.1)
-        yield root, proc.pid
+        yield root, proc.pid, {"Authorization": f"Bearer {token}"}
     finally:
         stop_process(proc)
 
@@ -738,7 +743,7 @@ def test_storing_a_300_mb_instance_keeps_server_memory_flat(tmp_path: Path) -> N
                 yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    with _server(tmp_path / "data") as (root, pid), httpx.Client(base_url=root, timeout=120) as http:
+    with _server(tmp_path / "data") as (root, pid, auth), httpx.Client(base_url=root, timeout=120, headers=auth) as http:
         # Warm up (imports, first connections) so the baseline is the steady state.
         warm, warm_type = stow_body([make_ct()])
         assert http.post("/dicom-web/studies", content=warm, headers={"Content-Type": warm_type}).status_code == 200
@@ -762,9 +767,10 @@ def test_storing_a_300_mb_instance_keeps_server_memory_flat(tmp_path: Path) -> N
 def test_client_that_hangs_up_mid_body_leaves_nothing_behind(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     earlier = make_ct()
-    with _server(data_dir) as (root, _pid):
+    with _server(data_dir) as (root, _pid, auth):
         body, content_type = stow_body([earlier])
-        assert httpx.post(f"{root}/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+        stored = httpx.post(f"{root}/dicom-web/studies", content=body, headers={"Content-Type": content_type, **auth})
+        assert stored.status_code == 200
         blobs = {p.name for p in (data_dir / "storage").rglob("*.dcm")}
         # Promise 10 MB, send a whole first part and half of a second, then hang up.
         parts, content_type = stow_body([make_ct(), make_ct(256)])
@@ -773,6 +779,7 @@ def test_client_that_hangs_up_mid_body_leaves_nothing_behind(tmp_path: Path) -> 
         with socket.create_connection(("127.0.0.1", port)) as sock:
             head = (
                 f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                f"Authorization: {auth['Authorization']}\r\n"
                 f"Content-Length: {10_000_000}\r\n\r\n"
             )
             sock.sendall(head.encode() + partial)
@@ -782,7 +789,7 @@ def test_client_that_hangs_up_mid_body_leaves_nothing_behind(tmp_path: Path) -> 
             time.sleep(0.05)
         assert list((data_dir / "tmp").iterdir()) == []
         assert {p.name for p in (data_dir / "storage").rglob("*.dcm")} == blobs
-        found = httpx.get(f"{root}/dicom-web/studies").json()
+        found = httpx.get(f"{root}/dicom-web/studies", headers=auth).json()
         assert [s["0020000D"]["Value"][0] for s in found] == [earlier.StudyInstanceUID]
         assert httpx.get(f"{root}/health").status_code == 200
 
@@ -790,7 +797,7 @@ def test_client_that_hangs_up_mid_body_leaves_nothing_behind(tmp_path: Path) -> 
 def test_overwrite_corrects_patient_and_study_attributes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """A corrected copy under "overwrite" reaches QIDO: new name, new PatientID, new description."""
     for settings in make_settings("sqlite-fs", tmp_path, request, duplicate_policy="overwrite"):
-        with TestClient(build_app(settings)) as client:
+        with TestClient(build_app(settings.replace(auth="off"))) as client:
             first = make_ct(PatientName="Wrong^Name", PatientID="OLD-ID", StudyDescription="CT HEAD")
             body, content_type = stow_body([first])
             assert client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type}).status_code == 200

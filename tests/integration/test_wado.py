@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 
 from pacs.app import build_app
 from pacs.services import Services
-from tests.conftest import BACKENDS, make_settings
+from tests.conftest import BACKENDS, bearer_headers, make_settings
 from tests.support.factories import make_ct, make_series, split_multipart, stow_body, to_bytes
 
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
@@ -168,7 +168,7 @@ def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     for settings in make_settings(request.param, tmp_path_factory.mktemp("wado"), request):
         services = Services.build(settings)
         try:
-            with TestClient(build_app(settings, services)) as client:
+            with TestClient(build_app(settings, services), headers=bearer_headers(services)) as client:
                 body, content_type = stow_body(list(stored.values()))
                 answer = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
                 assert answer.status_code == 200, answer.text

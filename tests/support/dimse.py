@@ -41,7 +41,9 @@ CALLING_AE = "TESTSCU"
 
 @contextmanager
 def running_listener(services: Services, **changes: Any) -> Iterator[DicomServer]:
-    """The archive's DICOM listener on a free port, in this process, over `services`."""
+    """The archive's DICOM listener on a free port, in this process, over `services`. Unknown
+    calling AEs are admitted (allowlist off) unless the changes say otherwise."""
+    changes.setdefault("dicom_allowlist", False)
     settings = services.settings.replace(dicom_port=0, dicom_host="127.0.0.1", **changes)
     server = DicomServer(settings, services)
     server.start()  # returns once the socket listens: nothing to wait for

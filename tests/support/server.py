@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,31 +35,52 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def create_user(settings: Settings, role: str, *, password: str | None = None, **user: str) -> tuple[str, str]:
+    """A new user of `role` in the archive these settings name: (user name, API token)."""
+    from pacs.services import Services
+
+    services = Services.build(settings)
+    try:
+        name = f"{role}-{uuid.uuid4().hex[:8]}"
+        services.accounts.add_user(name, role, password, **user)
+        return name, services.accounts.issue_token(name).secret
+    finally:
+        services.close()
+
+
 @contextmanager
-def running_server(settings: Settings, *, log_path: Path | None = None, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `minipacs serve` on a free port; yield its base URL; stop it with SIGTERM."""
+def running_server(
+    settings: Settings,
+    *,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> Iterator[str]:
+    """Start `minipacs serve` on a free port; yield its base URL; stop it with SIGTERM. With
+    MINIPACS_HTTP_TLS_CERT in `extra_env` the URL is https://, checked with `verify`."""
     port = free_port()
     env = {**os.environ, **settings_env(settings), "MINIPACS_HTTP_PORT": str(port), **(extra_env or {})}
     log = open(log_path or settings.data_dir.parent / "server.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "pacs.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if env.get("MINIPACS_HTTP_TLS_CERT") else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(url, process)
+        _wait_until_healthy(url, process, verify)
         yield url
     finally:
         stop_process(process)
         log.close()
 
 
-def _wait_until_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], verify: ssl.SSLContext | bool = True) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"minipacs serve exited with status {process.returncode} before answering")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             pass

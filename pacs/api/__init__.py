@@ -1,0 +1,1 @@
+"""HTTP API beside DICOMweb: login and sessions, and administration (users, tokens, AEs, audit)."""

@@ -1,0 +1,45 @@
+"""The access policy: which permission each operation needs, checked in one place for HTTP
+routes and DIMSE services alike."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pacs.errors import Forbidden
+from pacs.security.principal import Principal
+from pacs.security.roles import Permission
+
+
+class Operation(StrEnum):
+    SEARCH = "search"  # QIDO-RS, C-FIND
+    READ = "read"  # WADO-RS, C-GET
+    EXPORT = "export"  # C-MOVE: images sent on to another AE
+    STORE = "store"  # STOW-RS, C-STORE, import
+    DELETE = "delete"
+    MANAGE_USERS = "manage-users"
+    MANAGE_AES = "manage-aes"
+    READ_AUDIT = "read-audit"
+    OWN_TOKENS = "own-tokens"  # any signed-in user, for themselves
+
+
+REQUIRED: dict[Operation, Permission | None] = {
+    Operation.SEARCH: Permission.READ,
+    Operation.READ: Permission.READ,
+    Operation.EXPORT: Permission.READ,
+    Operation.STORE: Permission.STORE,
+    Operation.DELETE: Permission.DELETE,
+    Operation.MANAGE_USERS: Permission.MANAGE_USERS,
+    Operation.MANAGE_AES: Permission.MANAGE_AES,
+    Operation.READ_AUDIT: Permission.READ_AUDIT,
+    Operation.OWN_TOKENS: None,
+}
+
+
+def allowed(principal: Principal, operation: Operation) -> bool:
+    required = REQUIRED[operation]
+    return required is None or principal.can(required)
+
+
+def authorize(principal: Principal, operation: Operation) -> None:
+    if not allowed(principal, operation):
+        raise Forbidden(f"{principal.name} ({principal.role or principal.kind}) may not {operation.value}")
