@@ -42,8 +42,8 @@ class Settings:
     dicom_acse_timeout: int = 30  # seconds
     dicom_dimse_timeout: int = 60
     dicom_network_timeout: int = 120
-    # When on, only calling AE titles of known remote AEs may associate; when off, unknown ones
-    # may store and query (known ones keep the access they were given).
+    # When on, only calling AE titles of known remote AEs may associate; when off (or with
+    # MINIPACS_AUTH=off), unknown ones may store and query (known ones keep their access).
     dicom_allowlist: bool = True
     remote_aes: str = ""  # NAME@HOST:PORT,... (also `minipacs ae add`)
     dicom_tls_port: int = 2762  # the DICOM TLS listener, when a certificate is configured

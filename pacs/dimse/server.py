@@ -124,7 +124,9 @@ class DicomServer:
         # Handlers read the listener's settings (allowlist, AE title) through the services they get.
         self.services = services if services.settings == settings else dataclasses.replace(services, settings=settings)
         self.ae = build_ae(settings)
-        self.allowlist = AllowList(self.ae, services) if settings.dicom_allowlist else None
+        # With authentication switched off, DICOM is open too (the operator chose it).
+        checked = settings.dicom_allowlist and settings.auth != "off"
+        self.allowlist = AllowList(self.ae, services) if checked else None
         # Read now: an unusable certificate stops start-up (ConfigError) rather than every TLS peer.
         self.tls_context = tls.dicom_server_context(settings)
         self.server: ThreadedAssociationServer | None = None
