@@ -42,11 +42,13 @@ async def login(request: Request) -> Response:
     response = JSONResponse({**_describe(principal), "csrf_token": csrf})
     secure = _secure_cookies(request)
     max_age = services.settings.session_hours * 3600
+    # Lax: a link into the viewer from another site arrives signed in; requests that change
+    # anything need the X-CSRF-Token header besides the cookie, which another site cannot send.
     response.set_cookie(
-        SESSION_COOKIE, secret, max_age=max_age, httponly=True, secure=secure, samesite="strict", path="/"
+        SESSION_COOKIE, secret, max_age=max_age, httponly=True, secure=secure, samesite="lax", path="/"
     )
     # Readable by the page's scripts, which echo it in X-CSRF-Token; another site cannot read it.
-    response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, httponly=False, secure=secure, samesite="strict", path="/")
+    response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, httponly=False, secure=secure, samesite="lax", path="/")
     return response
 
 

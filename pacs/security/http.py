@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomweb.errors import http_status
 from pacs import errors
 from pacs.audit.trail import Action, AuditEvent, Outcome
 from pacs.security.authn import csrf_token
@@ -191,13 +192,12 @@ def guarded(operation: Operation, endpoint: Endpoint) -> Endpoint:
             _record(request, principal, action, Outcome.DENIED, 403)
             raise
         try:
+            response: Response
             if blocking:  # as Starlette runs plain-function endpoints: off the event loop
                 response = await run_in_threadpool(endpoint, request)  # type: ignore[arg-type]
             else:
                 response = await endpoint(request)  # type: ignore[misc]
         except errors.PacsError as exc:
-            from dicomweb.errors import http_status
-
             status = http_status(exc)
             _record(request, principal, action, Outcome.FAILURE, status, reason=str(exc)[:200])
             raise
