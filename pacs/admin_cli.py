@@ -188,7 +188,12 @@ def cmd_token_list(settings: Settings, args: argparse.Namespace) -> int:
     with _services(settings) as services:
         tokens = services.accounts.tokens(args.username)
     for token in tokens:
-        state = "revoked" if token.revoked_at else ("expired" if not token.usable else "active")
+        if token.revoked_at:
+            state = "revoked"
+        elif token.user.disabled:
+            state = "disabled"
+        else:
+            state = "active" if token.usable else "expired"
         print(f"{token.pk:>5}  {token.user.username:<20} {state:<8} until {token.expires_at:%Y-%m-%d}  "
               f"scopes={token.scopes or '(role)'}  {token.label}")
     return 0

@@ -62,8 +62,6 @@ class Services:
         audit = AuditTrail(
             AuditRepository(engine), retention_days=settings.audit_retention_days, syslog_url=settings.audit_syslog
         )
-        if migrate:
-            audit.apply_retention()
         return cls(
             settings, engine, index, blobs, ingest, RetrieveService(index, blobs), remote_aes,
             accounts, authenticator, audit,

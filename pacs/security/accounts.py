@@ -49,7 +49,8 @@ class AccountService:
             raise InvalidInput("user names are 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
         parsed = parse_role(role)
         link = _provider_link(parsed, provider_name)
-        return self.repository.add_user(username, parsed, _hashed(password) if password else None, link)
+        # None: a token-only account; an empty password is a too-short one, not "no password".
+        return self.repository.add_user(username, parsed, _hashed(password) if password is not None else None, link)
 
     def set_password(self, username: str, password: str) -> User:
         user = self.repository.update_user(username, password_hash=_hashed(password))

@@ -19,7 +19,9 @@ from pacs.security.roles import Role, parse_scopes, user_permissions
 # A verified credential is trusted this long before the database is asked again: revoking a
 # token or disabling a user takes effect within this time in other processes (at once in this one).
 CACHE_SECONDS = 5.0
-BASIC_CACHE_SECONDS = 30.0  # argon2 is slow on purpose; Basic clients send the password every time
+# argon2 is slow on purpose and Basic clients send the password with every request: one
+# verification per client and cache period, like a token lookup.
+BASIC_CACHE_SECONDS = CACHE_SECONDS
 _CACHE_LIMIT = 10_000
 # Sessions are extended on use, at most this often.
 _SESSION_EXTEND_STEP = timedelta(minutes=5)
