@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import string
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -36,4 +37,6 @@ def secret_hash(secret: str) -> str:
 
 
 def random_password() -> str:
-    return secrets.token_urlsafe(15)
+    """Letters and digits only: safe to paste into a shell or a URL (20 characters, ~119 bits)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(20))
