@@ -221,6 +221,8 @@ def log_fields(event: AuditEvent) -> dict[str, Any]:
     query = detail.pop("query", None)
     if isinstance(query, dict):
         detail["query"] = {k: (v if k.lower() in _LOGGABLE_PARAMETERS else "***") for k, v in query.items()}
+    if "reason" in detail:  # error messages may quote a value the caller sent (a birth date, a name)
+        detail["reason"] = "***"
     return {
         "at": event.occurred_at.isoformat(),
         "channel": event.channel,

@@ -126,13 +126,13 @@ def handle_find(event: Event, services: Services) -> Iterator[tuple[int, Dataset
         query = query_from_identifier(identifier, _model(event))
         rows = services.index.search(query)
     except errors.PacsError as exc:
-        log.warning("C-FIND from %s refused: %s", peer(event), exc)
+        log.warning("C-FIND from %s refused: %s", peer(event), type(exc).__name__)  # the message may quote PHI
         code = status.status_for(exc, service="query")
         access.record(services, principal, Action.SEARCH, Outcome.FAILURE, code, detail={"reason": str(exc)[:200]})
         yield code, None
         return
     except Exception as exc:  # an identifier pydicom cannot decode
-        log.warning("C-FIND from %s: unreadable identifier: %s", peer(event), exc)
+        log.warning("C-FIND from %s: unreadable identifier (%s)", peer(event), type(exc).__name__)
         yield status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
         return
     log.info("C-FIND from %s at %s level: %d match(es)", peer(event), identifier.QueryRetrieveLevel, len(rows))
@@ -161,7 +161,7 @@ def handle_get(event: Event, services: Services) -> Iterator[Any]:
     try:
         stored = _instances(event, services)
     except errors.PacsError as exc:
-        log.warning("C-GET from %s refused: %s", peer(event), exc)
+        log.warning("C-GET from %s refused: %s", peer(event), type(exc).__name__)
         yield 1
         yield status.status_for(exc, service="query"), None
         return
@@ -183,7 +183,7 @@ def handle_move(event: Event, services: Services) -> Iterator[Any]:
             raise errors.Forbidden("not authorized")
         stored = _instances(event, services)
     except errors.PacsError as exc:
-        log.warning("C-MOVE from %s refused: %s", peer(event), exc)
+        log.warning("C-MOVE from %s refused: %s", peer(event), type(exc).__name__)
         # pynetdicom reports a failure only after associating with the destination; keep that
         # association minimal (Verification only).
         yield destination.host, destination.port, {"contexts": [build_context(Verification)]}
