@@ -10,8 +10,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomweb import qido, stow, wado
+from dicomweb import wado_uri as wado_uri_module
+from dicomweb.media import parse_accept
+from dicomweb.rendered import parse_render_params, render_instance, render_many
+from dicomweb.rendered import thumbnail as make_thumbnail
+from dicomweb.wado import parse_frame_list
 from pacs.dicom.attributes import Level
-from pacs.errors import NotAcceptable
+from pacs.errors import InvalidInput
 from pacs.security.http import guarded, principal_of
 from pacs.security.policy import Operation
 from pacs.services import Services
@@ -90,8 +95,36 @@ def delete(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def not_yet_rendered(request: Request) -> Response:
-    raise NotAcceptable("rendered images and thumbnails are not available on this server yet")
+def rendered(request: Request) -> Response:
+    wanted = parse_render_params(request.query_params.multi_items(), parse_accept(request.headers.get("accept")))
+    services, (study, series, sop) = _services(request), _target(request)
+    stored = services.retrieve.locate(study, series, sop, referred_by=_visible(request))
+    if sop is None:
+        return render_many(request, services, stored, wanted)
+    return render_instance(request, services, stored[0], 1, wanted)
+
+
+def rendered_frame(request: Request) -> Response:
+    wanted = parse_render_params(request.query_params.multi_items(), parse_accept(request.headers.get("accept")))
+    services, (study, series, sop) = _services(request), _target(request)
+    frames = parse_frame_list(request.path_params["frames"])
+    if len(frames) != 1:
+        raise InvalidInput("a rendered frame is one frame number")
+    stored = services.retrieve.locate(study, series, sop, referred_by=_visible(request))[0]
+    return render_instance(request, services, stored, frames[0], wanted)
+
+
+def thumbnail(request: Request) -> Response:
+    services, (study, series, sop) = _services(request), _target(request)
+    stored = services.retrieve.locate(study, series, sop, referred_by=_visible(request))
+    return make_thumbnail(request, services, stored)
+
+
+def wado_uri(request: Request) -> Response:
+    params = request.query_params
+    request.state.audit["study_uid"] = params.get("studyUID")
+    request.state.audit["detail"] = {"series": params.get("seriesUID"), "instance": params.get("objectUID")}
+    return wado_uri_module.retrieve(request, _services(request), _visible(request))
 
 
 Endpoint = Callable[[Request], Response | Awaitable[Response]]
@@ -120,11 +153,13 @@ TABLE: list[tuple[str, str, Operation, Endpoint]] = [
     (INSTANCE + "/metadata", "GET", Operation.READ, metadata),
     (INSTANCE + "/frames/{frames}", "GET", Operation.READ, frames),
     (INSTANCE + "/bulk/{tag}", "GET", Operation.READ, bulk),
-    *[
-        (path + suffix, "GET", Operation.READ, not_yet_rendered)
-        for path in (STUDY, SERIES, INSTANCE, INSTANCE + "/frames/{frames}")
-        for suffix in ("/rendered", "/thumbnail")
-    ],
+    *[(path + "/rendered", "GET", Operation.READ, rendered) for path in (STUDY, SERIES, INSTANCE)],
+    (INSTANCE + "/frames/{frames}/rendered", "GET", Operation.READ, rendered_frame),
+    *[(path + "/thumbnail", "GET", Operation.READ, thumbnail) for path in (STUDY, SERIES, INSTANCE)],
+    (INSTANCE + "/frames/{frames}/thumbnail", "GET", Operation.READ, thumbnail),
 ]
+
+# WADO-URI lives outside /dicom-web, at /wado (PS3.18 9).
+WADO_URI_ROUTES = [Route("/wado", guarded(Operation.READ, wado_uri), methods=["GET"])]
 
 ROUTES = [Route(path, guarded(operation, endpoint), methods=[method]) for path, method, operation, endpoint in TABLE]

@@ -16,6 +16,7 @@ from starlette.routing import Mount, Route
 
 from dicomweb.errors import EXCEPTION_HANDLERS
 from dicomweb.routes import ROUTES as DICOMWEB_ROUTES
+from dicomweb.routes import WADO_URI_ROUTES
 from pacs.api.admin_routes import ROUTES as ADMIN_ROUTES
 from pacs.api.session_routes import ROUTES as SESSION_ROUTES
 from pacs.config import Settings
@@ -63,5 +64,6 @@ def build_app(settings: Settings, services: Services | None = None, *, migrate: 
         *SESSION_ROUTES,
         *ADMIN_ROUTES,
         Mount("/dicom-web", routes=DICOMWEB_ROUTES),
+        *WADO_URI_ROUTES,
     ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -16,6 +16,7 @@ from pacs.index.migrate import upgrade_database
 from pacs.index.remote_aes import RemoteAERepository, parse_remote_aes
 from pacs.index.repository import IndexRepository
 from pacs.ingest import IngestService
+from pacs.pixels.service import PixelService
 from pacs.retrieve import RetrieveService
 from pacs.security.accounts import AccountService
 from pacs.security.authn import Authenticator
@@ -37,6 +38,7 @@ class Services:
     accounts: AccountService
     authenticator: Authenticator
     audit: AuditTrail
+    pixels: PixelService
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -62,9 +64,10 @@ class Services:
         audit = AuditTrail(
             AuditRepository(engine), retention_days=settings.audit_retention_days, syslog_url=settings.audit_syslog
         )
+        retrieve = RetrieveService(index, blobs)
         return cls(
-            settings, engine, index, blobs, ingest, RetrieveService(index, blobs), remote_aes,
-            accounts, authenticator, audit,
+            settings, engine, index, blobs, ingest, retrieve, remote_aes, accounts, authenticator, audit,
+            PixelService(retrieve),
         )
 
     def close(self) -> None:

@@ -92,6 +92,10 @@ def _paths(archive: Archive) -> dict[str, tuple[str, str]]:
         "retrieve": ("GET", instance),
         "frames": ("GET", f"{instance}/frames/1"),
         "bulk": ("GET", f"{instance}/bulk/7FE00010"),
+        "rendered": ("GET", f"{instance}/rendered"),
+        "thumbnail": ("GET", f"{study}/thumbnail"),
+        "wado-uri": ("GET", f"/wado?requestType=WADO&studyUID={theirs.StudyInstanceUID}"
+                            f"&seriesUID={theirs.SeriesInstanceUID}&objectUID={theirs.SOPInstanceUID}"),
         "store": ("POST", "/dicom-web/studies"),
         "delete": ("DELETE", study),
         "users": ("GET", "/api/users"),
@@ -104,19 +108,19 @@ def _paths(archive: Archive) -> dict[str, tuple[str, str]]:
 
 # Expected HTTP status per credential (rows) and endpoint (columns). The study the read and
 # delete columns address is not referred by the provider: for them it does not exist (404).
-ENDPOINTS = ["health", "search", "series search", "metadata", "retrieve", "frames", "bulk", "store", "delete",
-             "users", "add user", "aes", "audit", "me"]
+ENDPOINTS = ["health", "search", "series search", "metadata", "retrieve", "frames", "bulk", "rendered", "thumbnail",
+             "wado-uri", "store", "delete", "users", "add user", "aes", "audit", "me"]
 MATRIX: dict[str, list[int]] = {
-    #                   health search series meta retr frames bulk store delete users add  aes  audit me
-    "none":              [200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401],
-    "wrong":             [200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401],
-    "expired":           [200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401],
-    "admin":             [200, 200, 200, 200, 200, 200, 200, 200, 204, 200, 201, 200, 200, 200],
-    "radiologist":       [200, 200, 200, 200, 200, 200, 200, 403, 403, 403, 403, 403, 403, 200],
-    "basic:radiologist": [200, 200, 200, 200, 200, 200, 200, 403, 403, 403, 403, 403, 403, 200],
-    "technologist":      [200, 200, 200, 200, 200, 200, 200, 200, 204, 403, 403, 403, 403, 200],
-    "provider":          [200, 200, 200, 404, 404, 404, 404, 403, 403, 403, 403, 403, 403, 200],
-    "integration:store": [200, 403, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403, 403, 200],
+    #                   health search series meta retr frames bulk rend thumb wado store delete users add aes audit me
+    "none":              [200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401],
+    "wrong":             [200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401],
+    "expired":           [200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401],
+    "admin":             [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 204, 200, 201, 200, 200, 200],
+    "radiologist":       [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403, 403, 403, 403, 200],
+    "basic:radiologist": [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403, 403, 403, 403, 200],
+    "technologist":      [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 204, 403, 403, 403, 403, 200],
+    "provider":          [200, 200, 200, 404, 404, 404, 404, 404, 404, 404, 403, 403, 403, 403, 403, 403, 200],
+    "integration:store": [200, 403, 403, 403, 403, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403, 403, 200],
 }
 
 
