@@ -5,15 +5,17 @@ The routes parse the Accept header once with :func:`parse_accept` and call the
 or raises :class:`NotAcceptable` naming what the client asked for and what
 this archive can offer.
 
-This archive never transcodes yet: instances and compressed frames are sent
-in the transfer syntax they were stored in, uncompressed frames as raw
-little-endian octets.
+Without a specific transfer syntax, instances and compressed frames are sent
+as stored, uncompressed frames as raw little-endian octets. A client naming a
+syntax we do not store gets it transcoded when the route's ``producible_from``
+(what an object stored in a syntax can be converted to here) allows it; the
+chosen answer says so, and a 406 names what could be produced.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dicomweb.content_type import parse_content_type, split_unquoted, unquote
@@ -23,11 +25,12 @@ __all__ = [
     "DICOM",
     "DICOM_JSON",
     "EXPLICIT_VR_LITTLE_ENDIAN",
-    "FrameRepresentation",
-    "MediaRange",
     "OCTET_STREAM",
     "TRANSFER_SYNTAX_MEDIA_TYPES",
     "UNCOMPRESSED_TRANSFER_SYNTAXES",
+    "FrameRepresentation",
+    "MediaRange",
+    "Producible",
     "negotiate_bulkdata",
     "negotiate_frames",
     "negotiate_instances",
@@ -125,11 +128,20 @@ class MediaRange:
 
 @dataclass(frozen=True)
 class FrameRepresentation:
-    """How to send frames: each part's Content-Type and the transfer-syntax
-    parameter to announce."""
+    """How to send frames: each part's Content-Type, the transfer-syntax
+    parameter to announce, and whether frames must be converted to it."""
 
     part_media_type: str
     transfer_syntax: str
+    transcode: bool = False
+
+
+# Given a stored transfer syntax, the syntaxes it can be transcoded to.
+Producible = Callable[[str], frozenset[str]]
+
+
+def _stored_only(stored_ts: str) -> frozenset[str]:
+    return frozenset()
 
 
 _ANY = MediaRange("*/*", None, None, 1.0)
@@ -225,30 +237,38 @@ def _clean(transfer_syntax: str | None) -> str | None:
 # --------------------------------------------------------------------------
 
 
-def negotiate_instances(accept: list[MediaRange], stored_ts: set[str]) -> None:
-    """Check that study/series/instance retrieve can be answered as
-    ``multipart/related; type="application/dicom"`` (PS3.18 8.7.3).
+def negotiate_instances(
+    accept: list[MediaRange], stored_ts: set[str], *, producible_from: Producible = _stored_only
+) -> str | None:
+    """Choose the transfer syntax of a study/series/instance retrieve answered as
+    ``multipart/related; type="application/dicom"`` (PS3.18 8.7.3): None to send
+    each instance as stored, else the syntax every instance is sent in.
 
     A bare ``application/dicom`` range is accepted too: such requests are
     answered in multipart/related like the rest (single-part answers are not
     implemented); a 406 would serve such a client no better.
 
     ``transfer-syntax`` absent or ``*``: we send each instance in its stored
-    syntax (this archive's documented choice, since it does not transcode;
-    strictly, an absent parameter asks for Explicit VR Little Endian). A
-    specific UID is honoured only if every instance is stored in it.
+    syntax (this archive's documented choice: streaming stored bytes costs no
+    decoding; strictly, an absent parameter asks for Explicit VR Little
+    Endian). A specific UID is honoured when every instance is stored in it or
+    can be transcoded to it.
     """
     for media_range in accept:
         wanted = _wanted_part_type(media_range)
         if wanted is not None and not _type_matches(wanted, DICOM):
             continue
         syntax = media_range.transfer_syntax
-        if syntax in (None, "*") or all(stored == syntax for stored in stored_ts):
-            return
+        if syntax in (None, "*"):
+            return None
+        if all(stored == syntax or syntax in producible_from(stored) for stored in stored_ts):
+            return syntax
     syntaxes = ", ".join(sorted(stored_ts)) or "none"
+    common = frozenset.intersection(*(producible_from(stored) for stored in stored_ts)) if stored_ts else frozenset()
+    converted = f", or transcoded to any of ({', '.join(sorted(common))})" if common else ""
     raise NotAcceptable(
         f"cannot satisfy Accept: {_describe(accept)}; available: "
-        f'multipart/related; type="{DICOM}" in the stored transfer syntaxes ({syntaxes})'
+        f'multipart/related; type="{DICOM}" in the stored transfer syntaxes ({syntaxes}){converted}'
     )
 
 
@@ -277,26 +297,30 @@ def negotiate_bulkdata(accept: list[MediaRange]) -> None:
     )
 
 
-def negotiate_frames(accept: list[MediaRange], stored_ts: str) -> FrameRepresentation:
+def negotiate_frames(
+    accept: list[MediaRange], stored_ts: str, *, producible_from: Producible = _stored_only
+) -> FrameRepresentation:
     """Choose how to send frames stored in ``stored_ts`` (PS3.18 8.7.3.3).
 
     Ranges are tried in preference order and the first one we can satisfy
     wins. Uncompressed frames go out as application/octet-stream in Explicit
     VR Little Endian. Compressed frames go out as their stored bytes, labelled
-    with the stored transfer syntax, unless the client pins a different
-    syntax (which would need transcoding).
+    with the stored transfer syntax, unless the client asks for another
+    syntax (or for octet-stream without one, i.e. decoded pixels): then they
+    are transcoded when ``producible_from(stored_ts)`` has it.
     """
+    producible = producible_from(stored_ts)
     for media_range in accept:
-        choice = _frame_choice(media_range, stored_ts)
+        choice = _frame_choice(media_range, stored_ts, producible)
         if choice is not None:
             return choice
     raise NotAcceptable(
         f"cannot satisfy Accept: {_describe(accept)}; available: "
-        f"{_describe_frame_offers(stored_ts)}{_frame_hint(accept, stored_ts)}"
+        f"{_describe_frame_offers(stored_ts, producible)}{_frame_hint(accept, stored_ts, producible)}"
     )
 
 
-def _frame_choice(media_range: MediaRange, stored_ts: str) -> FrameRepresentation | None:
+def _frame_choice(media_range: MediaRange, stored_ts: str, producible: frozenset[str]) -> FrameRepresentation | None:
     wanted = _wanted_part_type(media_range)
     syntax = media_range.transfer_syntax
     if _is_raw_little_endian(stored_ts):
@@ -306,9 +330,17 @@ def _frame_choice(media_range: MediaRange, stored_ts: str) -> FrameRepresentatio
             EXPLICIT_VR_LITTLE_ENDIAN,
         ):
             return FrameRepresentation(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)
-        return None
-    if syntax not in (None, "*", stored_ts):
-        return None  # a different compressed or uncompressed syntax: transcoding
+    elif syntax in (None, "*", stored_ts):
+        as_stored = _stored_frames(wanted, syntax, stored_ts)
+        if as_stored is not None:
+            return as_stored
+    if syntax == "*":
+        return None  # "as stored", which the part type asked for does not fit
+    return _transcoded_frames(wanted, syntax, producible)
+
+
+def _stored_frames(wanted: str | None, syntax: str | None, stored_ts: str) -> FrameRepresentation | None:
+    """Compressed frames sent as stored, when the range allows it."""
     if wanted is None:
         return FrameRepresentation(OCTET_STREAM, stored_ts)
     natural = TRANSFER_SYNTAX_MEDIA_TYPES.get(stored_ts)
@@ -320,11 +352,49 @@ def _frame_choice(media_range: MediaRange, stored_ts: str) -> FrameRepresentatio
         if wanted.endswith("/*") and _type_matches(wanted, natural.lower()):
             return FrameRepresentation(natural, stored_ts)
     # application/octet-stream without transfer-syntax means Explicit VR
-    # Little Endian (PS3.18 8.7.3.3), i.e. decompressed pixels, which we
-    # cannot produce yet. With transfer-syntax=* (what the OHIF viewer sends)
+    # Little Endian (PS3.18 8.7.3.3), i.e. decoded pixels: see
+    # _transcoded_frames. With transfer-syntax=* (what the OHIF viewer sends)
     # or the stored UID, the stored compressed bytes are what is asked for.
     if syntax is not None and _type_matches(wanted, OCTET_STREAM):
         return FrameRepresentation(OCTET_STREAM, stored_ts)
+    return None
+
+
+# The syntax a compressed media type stands for when no transfer-syntax is
+# given: the RESTful default of PS3.18 Table 8.7.3-5 (legacy names too).
+_DEFAULT_SYNTAXES: dict[str, str] = {
+    "image/jpeg": "1.2.840.10008.1.2.4.70",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/x-dicom-rle": "1.2.840.10008.1.2.5",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/x-jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+}
+
+
+def _transcoded_frames(wanted: str | None, syntax: str | None, producible: frozenset[str]) -> FrameRepresentation | None:
+    """Frames converted to the syntax a range asks for, if it can be produced."""
+    octets = wanted is None or _type_matches(wanted, OCTET_STREAM)
+    if syntax is None:
+        if wanted is None:
+            return None  # anything goes: the stored form was the answer
+        syntax = EXPLICIT_VR_LITTLE_ENDIAN if octets else _DEFAULT_SYNTAXES.get(wanted)
+    if syntax not in producible:
+        return None
+    if syntax in UNCOMPRESSED_TRANSFER_SYNTAXES:
+        # Uncompressed frames are only ever Explicit VR Little Endian octets (PS3.18 8.7.3.3.1).
+        ok = octets and syntax == EXPLICIT_VR_LITTLE_ENDIAN
+        return FrameRepresentation(OCTET_STREAM, syntax, transcode=True) if ok else None
+    if octets:
+        return FrameRepresentation(OCTET_STREAM, syntax, transcode=True)
+    assert wanted is not None
+    natural = TRANSFER_SYNTAX_MEDIA_TYPES.get(syntax, "")
+    if wanted in _LEGACY_MEDIA_TYPES.get(natural.lower(), ()):
+        return FrameRepresentation(wanted, syntax, transcode=True)
+    if natural and (wanted == natural.lower() or wanted.endswith("/*") and _type_matches(wanted, natural.lower())):
+        return FrameRepresentation(natural, syntax, transcode=True)
     return None
 
 
@@ -359,25 +429,29 @@ def _describe(accept: Iterable[MediaRange]) -> str:
     return described or "(no usable media range)"
 
 
-def _describe_frame_offers(stored_ts: str) -> str:
+def _describe_frame_offers(stored_ts: str, producible: frozenset[str]) -> str:
     if _is_raw_little_endian(stored_ts):
-        return (
-            f'multipart/related; type="{OCTET_STREAM}"; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}'
-        )
-    offers = [f'multipart/related; type="{OCTET_STREAM}"; transfer-syntax={stored_ts}']
-    natural = TRANSFER_SYNTAX_MEDIA_TYPES.get(stored_ts)
-    if natural is not None:
-        offers.append(f'multipart/related; type="{natural}"; transfer-syntax={stored_ts}')
+        offers = [f'multipart/related; type="{OCTET_STREAM}"; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}']
+    else:
+        offers = [f'multipart/related; type="{OCTET_STREAM}"; transfer-syntax={stored_ts}']
+        natural = TRANSFER_SYNTAX_MEDIA_TYPES.get(stored_ts)
+        if natural is not None:
+            offers.append(f'multipart/related; type="{natural}"; transfer-syntax={stored_ts}')
+    converted = sorted(s for s in producible - UNCOMPRESSED_TRANSFER_SYNTAXES if s != stored_ts)
+    if EXPLICIT_VR_LITTLE_ENDIAN in producible and not _is_raw_little_endian(stored_ts):
+        converted.insert(0, EXPLICIT_VR_LITTLE_ENDIAN)
+    if converted:
+        offers.append(f'multipart/related; type="{OCTET_STREAM}" transcoded to any of ({", ".join(converted)})')
     return " or ".join(offers)
 
 
-def _frame_hint(accept: Iterable[MediaRange], stored_ts: str) -> str:
+def _frame_hint(accept: Iterable[MediaRange], stored_ts: str, producible: frozenset[str]) -> str:
     asked_decompressed = any(
         _wanted_part_type(r) == OCTET_STREAM and r.transfer_syntax is None for r in accept
     )
-    if _is_raw_little_endian(stored_ts) or not asked_decompressed:
+    if _is_raw_little_endian(stored_ts) or not asked_decompressed or EXPLICIT_VR_LITTLE_ENDIAN in producible:
         return ""
     return (
         " (application/octet-stream without transfer-syntax means Explicit VR Little Endian,"
-        " which would need decompressing; add transfer-syntax=* for the stored bytes)"
+        f" which cannot be decoded from {stored_ts} here; add transfer-syntax=* for the stored bytes)"
     )

@@ -1,8 +1,19 @@
-"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data, streamed from storage."""
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data, streamed from storage.
+
+Instances and frames asked for in a transfer syntax other than the stored one are converted on
+the way out (pacs.pixels.transcode): one instance at a time through a temp file, one frame at a
+time in memory. What is sent as stored is streamed untouched, never decoded.
+"""
 
 from __future__ import annotations
 
+import io
+import itertools
+import logging
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -18,9 +29,17 @@ from dicomweb.media import (
 )
 from dicomweb.multipart import iter_multipart, multipart_content_type, new_boundary
 from dicomweb.responses import stored_json_response
-from pacs.errors import InvalidInput
+from pacs.dicom.frames import frame_count, frame_ranges
+from pacs.errors import InvalidInput, PacsError
 from pacs.index.repository import StoredInstance
+from pacs.pixels.transcode import frame_in_syntax, open_transcoded, producible_from, read_pixel_header
+from pacs.retrieve import Frame
 from pacs.services import Services
+from storage.base import DEFAULT_CHUNK_SIZE, RangeChunks
+
+log = logging.getLogger(__name__)
+Part = tuple[dict[str, str], Iterable[bytes]]
+T = TypeVar("T")
 
 
 def retrieve_instances(
@@ -29,10 +48,15 @@ def retrieve_instances(
     accept = parse_accept(request.headers.get("accept"))
     stored = services.retrieve.locate(study, series, sop, referred_by=referred_by)
     syntaxes = {s.transfer_syntax_uid for s in stored}
-    negotiate_instances(accept, syntaxes)
+    target = negotiate_instances(accept, syntaxes, producible_from=producible_from)
     boundary = new_boundary()
-    parts = ((_instance_headers(s), chunks) for s, chunks in services.retrieve.iter_files(stored))
-    params = {"transfer-syntax": next(iter(syntaxes))} if len(syntaxes) == 1 else {}
+    parts: Iterator[Part]
+    if target is None or syntaxes == {target}:
+        parts = ((_instance_headers(s), chunks) for s, chunks in services.retrieve.iter_files(stored))
+        params = {"transfer-syntax": next(iter(syntaxes))} if len(syntaxes) == 1 else {}
+    else:
+        parts = _started(_transcoded_instances(services, stored, target))
+        params = {"transfer-syntax": target}
     return StreamingResponse(
         iter_multipart(parts, boundary),
         media_type=multipart_content_type(DICOM, boundary, **params),
@@ -44,6 +68,31 @@ def _instance_headers(stored: StoredInstance) -> dict[str, str]:
         "Content-Type": f"{DICOM}; transfer-syntax={stored.transfer_syntax_uid}",
         "Content-Length": str(stored.blob_size),
     }
+
+
+def _transcoded_instances(services: Services, stored: list[StoredInstance], target: str) -> Iterator[Part]:
+    """Each instance in ``target``: as stored when it already is, else converted into a temp
+    file just before its part is sent, so one instance at most is held at a time."""
+    for item in stored:
+        if item.transfer_syntax_uid == target:
+            yield _instance_headers(item), services.retrieve.iter_file(item)
+            continue
+        try:
+            handle, size = open_transcoded(services, item, target)
+        except PacsError as exc:
+            # Past the first part the status line is gone: the answer can only be cut short.
+            # (The reason went to the client; it is not logged, as a message may quote PHI.)
+            log.error("retrieve of %s in %s failed (%s)", item.sop_instance_uid, target, type(exc).__name__)
+            raise
+        headers = {"Content-Type": f"{DICOM}; transfer-syntax={target}", "Content-Length": str(size)}
+        yield headers, RangeChunks(handle, None, DEFAULT_CHUNK_SIZE, nullcontext)
+
+
+def _started(items: Iterator[T]) -> Iterator[T]:
+    """Produce the first item now: a failure there is still answered with an HTTP error
+    status, where a failure later can only cut the streamed answer short."""
+    first = next(items, None)
+    return iter(()) if first is None else itertools.chain([first], items)
 
 
 def retrieve_metadata(
@@ -59,18 +108,39 @@ def retrieve_frames(
     numbers = parse_frame_list(frame_list)
     stored = services.retrieve.locate(study, series, sop, referred_by=referred_by)[0]
     representation = negotiate_frames(
-        parse_accept(request.headers.get("accept")), stored.transfer_syntax_uid
+        parse_accept(request.headers.get("accept")), stored.transfer_syntax_uid, producible_from=producible_from
     )
     frames = services.retrieve.frames(stored, numbers)
     part_type = f"{representation.part_media_type}; transfer-syntax={representation.transfer_syntax}"
     boundary = new_boundary()
-    parts = (({"Content-Type": part_type}, frame.chunks) for frame in frames)
+    parts: Iterator[Part] = (({"Content-Type": part_type}, frame.chunks) for frame in frames)
+    if representation.transcode:
+        converted = _transcoded_frames(services, stored, frames, representation.transfer_syntax)
+        parts = _started(({"Content-Type": part_type}, [data]) for data in converted)
     return StreamingResponse(
         iter_multipart(parts, boundary),
         media_type=multipart_content_type(
             representation.part_media_type, boundary, **{"transfer-syntax": representation.transfer_syntax}
         ),
     )
+
+
+def _transcoded_frames(services: Services, stored: StoredInstance, frames: list[Frame], target: str) -> Iterator[bytes]:
+    """Each frame converted to ``target``, one at a time, from the frame's stored bytes and the
+    file's header; from an object store both are ranged reads, never the whole object."""
+    layout = stored.frame_layout
+    if layout is not None and frame_count(layout):
+        header_end = frame_ranges(layout, 0)[0][0]  # just past the pixel data element's header
+        header = read_pixel_header(io.BytesIO(services.blobs.read_range(stored.blob_key, 0, header_end)))
+    else:
+        with services.blobs.open(stored.blob_key) as fh:
+            header = read_pixel_header(fh)
+    for frame in frames:
+        try:
+            yield frame_in_syntax(header, b"".join(frame.chunks), stored.transfer_syntax_uid, target)
+        except PacsError as exc:
+            log.error("frame %d of %s in %s failed (%s)", frame.number, stored.sop_instance_uid, target, type(exc).__name__)
+            raise
 
 
 def retrieve_bulk(

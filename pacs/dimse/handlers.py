@@ -27,6 +27,7 @@ from pacs import errors
 from pacs.audit.trail import Action, Outcome, store_events
 from pacs.dimse import access, status
 from pacs.dimse.identifiers import PATIENT_ROOT, STUDY_ROOT, identifier_from_row, query_from_identifier, retrieve_query
+from pacs.dimse.transcoding import UNCOMPRESSED, StoreAssociation
 from pacs.index.repository import StoredInstance
 from pacs.security.policy import Operation
 from pacs.services import Services
@@ -192,39 +193,46 @@ def handle_move(event: Event, services: Services) -> Iterator[Any]:
         return
     access.record_per_study(services, principal, Action.EXPORT, stored, destination=destination.ae_title)
     contexts = _contexts_for(stored)
+    outbound = StoreAssociation()
     yield destination.host, destination.port, {
         "contexts": contexts,
         "ae_title": destination.ae_title,
-        "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
+        "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_ACCEPTED, outbound.capture)],
     }
     log.info("C-MOVE from %s to %s: %d instance(s)", peer(event), destination.ae_title, len(stored))
     yield len(stored)
-    yield from _send(event, services, stored)
+    yield from _send(event, services, stored, outbound)
 
 
 def _contexts_for(stored: list[StoredInstance]) -> list[Any]:
-    """One context per SOP class and stored syntax (compressed syntaxes each alone, see NOTES),
-    plus Explicit/Implicit LE for uncompressed data; at most 128 (PS3.8 9.3.2.2)."""
+    """Per SOP class: a context for each other stored syntax (compressed syntaxes each alone,
+    see NOTES), and one with Explicit/Implicit LE, which uncompressed data goes on and the others
+    are converted for when the peer refuses their own (PS3.5 10.1: every SCP takes Implicit LE);
+    at most 128 contexts (PS3.8 9.3.2.2)."""
     wanted: dict[tuple[str, str], list[str]] = {}
     for item in stored:
-        syntaxes = [item.transfer_syntax_uid]
-        if item.transfer_syntax_uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        wanted.setdefault((item.sop_class_uid, item.transfer_syntax_uid), syntaxes)
+        if item.transfer_syntax_uid not in UNCOMPRESSED:
+            wanted.setdefault((item.sop_class_uid, item.transfer_syntax_uid), [item.transfer_syntax_uid])
+        wanted.setdefault((item.sop_class_uid, ExplicitVRLittleEndian), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return [build_context(sop_class, syntaxes) for (sop_class, _), syntaxes in list(wanted.items())[:128]]
 
 
-def _send(event: Event, services: Services, stored: list[StoredInstance]) -> Iterator[tuple[int, Dataset | None]]:
+def _send(
+    event: Event, services: Services, stored: list[StoredInstance], outbound: StoreAssociation | None = None
+) -> Iterator[tuple[int, Dataset | None]]:
+    """Each instance for a C-STORE sub-operation on ``outbound`` (default: the C-GET's own
+    association), as stored when the peer accepted its syntax, else converted."""
+    store_on = outbound or StoreAssociation(event.assoc)
     for item in stored:
         if event.is_cancelled:
             yield status.CANCEL, None
             return
+        dataset: Dataset
         try:
             with services.blobs.open(item.blob_key) as fh:
-                # Values stay raw (undecoded); pynetdicom writes them back byte for byte.
-                dataset = pydicom.dcmread(fh)
+                dataset = store_on.read(item, fh)
         except errors.PacsError as exc:
-            log.error("cannot read %s for retrieve: %s", item.sop_instance_uid, exc)
+            log.error("cannot send %s for retrieve (%s)", item.sop_instance_uid, type(exc).__name__)  # the message may quote PHI
             # A data set without file meta cannot be sent: pynetdicom counts a failed
             # sub-operation and lists the UID in FailedSOPInstanceUIDList.
             dataset = pydicom.FileDataset("", Dataset())

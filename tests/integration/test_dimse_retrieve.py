@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -265,12 +266,14 @@ def test_c_get_sends_the_stored_syntax(listener: DicomServer, services: Services
     assert got.file_meta.TransferSyntaxUID == JPEG2000Lossless
     assert got.PixelData == sent.PixelData
 
-    # Offered only uncompressed syntaxes: the archive does not transcode, the sub-operation fails.
+    # Offered only uncompressed syntaxes: the instance is decoded for the peer.
     getter = Getter([(EnhancedMRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), StudyRootGet], [])
     final = getter.get(listener.port, "STUDY", keys)[-1]
-    assert getter.received == []
-    assert final.Status != SUCCESS
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 1)
+    assert final.Status == SUCCESS
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 0)
+    [got] = getter.received
+    assert got.file_meta.TransferSyntaxUID in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    assert np.array_equal(got.pixel_array, sent.pixel_array)
     assert echo_status(listener.port) == SUCCESS
 
 

@@ -21,6 +21,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    RLELossless,
     generate_uid,
 )
 from starlette.testclient import TestClient
@@ -221,8 +222,17 @@ def test_series_stored_in_two_syntaxes(archive: Archive) -> None:
         response = archive.client.get(url, headers={"Accept": accept} if accept else {})
         assert "transfer-syntax" not in response.headers["content-type"]  # no single syntax to announce
         assert sorted(body for _, body in parts_of(response)) == expected
-    only_rle = archive.client.get(url, headers={"Accept": f"{DICOM_PARTS}; transfer-syntax=1.2.840.10008.1.2.5"})
-    assert only_rle.status_code == 406
+    # Asked for RLE only: the RLE instance goes as stored, the JPEG one is transcoded.
+    only_rle = archive.client.get(url, headers={"Accept": f"{DICOM_PARTS}; transfer-syntax={RLELossless}"})
+    assert f"transfer-syntax={RLELossless}" in only_rle.headers["content-type"]
+    parts = parts_of(only_rle)
+    assert all(f"transfer-syntax={RLELossless}" in headers["content-type"] for headers, _ in parts)
+    bodies = {str(read(body).SOPInstanceUID): body for _, body in parts}
+    rle, jpeg = archive.dataset("SC_rgb_rle_2frame.dcm"), archive.dataset("SC_rgb_jpeg_dcmtk.dcm")
+    assert bodies[rle.SOPInstanceUID] == archive.stored["SC_rgb_rle_2frame.dcm"]
+    converted = read(bodies[jpeg.SOPInstanceUID])
+    assert converted.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(converted.pixel_array, jpeg.pixel_array)
 
 
 def test_retrieve_in_the_stored_transfer_syntax_by_name(archive: Archive) -> None:
@@ -501,11 +511,23 @@ def test_bad_frame_numbers(archive: Archive, name: str, frames: str, status: int
     [
         "multipart/related; type=application/octet-stream",  # means decompressed pixels (PS3.18 8.7.3.3)
         "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
-        'multipart/related; type="image/jpeg"',  # stored as JPEG 2000
+    ],
+)
+def test_compressed_frames_are_decoded_on_request(archive: Archive, accept: str) -> None:
+    [(headers, body)] = archive.frames("JPEG2000.dcm", "1", accept)
+    assert f"transfer-syntax={ExplicitVRLittleEndian}" in headers["content-type"]
+    pixels = archive.dataset("JPEG2000.dcm").pixel_array
+    assert body == pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="image/jpeg"',  # stored as JPEG 2000; no JPEG encoder here
         "application/dicom+json",
     ],
 )
-def test_compressed_frames_are_not_transcoded(archive: Archive, accept: str) -> None:
+def test_compressed_frames_refuse_what_cannot_be_produced(archive: Archive, accept: str) -> None:
     response = archive.client.get(f"{archive.url('JPEG2000.dcm')}/frames/1", headers={"Accept": accept})
     assert response.status_code == 406
     assert response.json()["error"]
@@ -547,11 +569,11 @@ def test_frames_and_bulk_of_unknown_instances_are_404(archive: Archive) -> None:
 
 @pytest.mark.parametrize("suffix", ["/rendered", "/thumbnail"])
 @pytest.mark.parametrize("level", ["study", "series", "instance", "frames"])
-def test_rendered_and_thumbnail_are_not_acceptable_yet(archive: Archive, level: str, suffix: str) -> None:
+def test_rendered_and_thumbnail_at_every_level(archive: Archive, level: str, suffix: str) -> None:
     url = archive.url("ct1", "instance") + "/frames/1" if level == "frames" else archive.url("ct1", level)
     response = archive.client.get(url + suffix, headers={"Accept": "image/jpeg"})
-    assert response.status_code == 406
-    assert response.json()["error"]
+    assert response.status_code == 200
+    assert b"\xff\xd8\xff" in response.content[:400]  # a JPEG image, alone or in a multipart part
 
 
 def test_the_archive_still_answers_after_errors(archive: Archive) -> None:
