@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 DUPLICATE_POLICIES = ("keep", "overwrite", "reject")
+COMPRESSION_NAMES = {
+    "jpeg2000-lossless": "1.2.840.10008.1.2.4.90",
+    "jpegls-lossless": "1.2.840.10008.1.2.4.80",
+    "rle": "1.2.840.10008.1.2.5",
+}
 
 
 class ConfigError(ValueError):
@@ -64,6 +69,9 @@ class Settings:
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
     duplicate_policy: str = "keep"
+    # Store some modalities compressed: "CT=jpeg2000-lossless,MR=jpegls-lossless" (names in
+    # COMPRESSION_NAMES, or transfer syntax UIDs). Off by default: files are kept as sent.
+    compress_on_ingest: str = ""
     log_level: str = "info"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -74,6 +82,23 @@ class Settings:
     @property
     def effective_storage_url(self) -> str:
         return self.storage_url or (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def compression_policy(self) -> dict[str, str]:
+        """Modality -> transfer syntax UID to store it in (MINIPACS_COMPRESS_ON_INGEST)."""
+        policy = {}
+        for entry in (e.strip() for e in self.compress_on_ingest.split(",")):
+            if not entry:
+                continue
+            modality, equals, target = (part.strip() for part in entry.partition("="))
+            if not equals or not modality or not target:
+                raise ConfigError(f"MINIPACS_COMPRESS_ON_INGEST: {entry!r} is not MODALITY=SYNTAX")
+            uid = COMPRESSION_NAMES.get(target.lower(), target)
+            if uid not in COMPRESSION_NAMES.values():
+                names = ", ".join(COMPRESSION_NAMES)
+                raise ConfigError(f"MINIPACS_COMPRESS_ON_INGEST: {target!r} is not one of {names} (or their UIDs)")
+            policy[modality.upper()] = uid
+        return policy
 
     @property
     def is_embedded(self) -> bool:
@@ -131,6 +156,7 @@ class Settings:
             raise ConfigError("MINIPACS_DICOM_TLS_CERT and MINIPACS_DICOM_TLS_KEY go together")
         if self.audit_syslog and not self.audit_syslog.startswith(("udp://", "tcp://")):
             raise ConfigError(f"MINIPACS_AUDIT_SYSLOG must be udp://HOST:PORT or tcp://HOST:PORT, not {self.audit_syslog!r}")
+        _ = self.compression_policy  # raises ConfigError when malformed
         if self.qido_max_limit < 1:
             raise ConfigError(f"MINIPACS_QIDO_MAX_LIMIT must be at least 1, not {self.qido_max_limit}")
         if not 0 < self.qido_default_limit <= self.qido_max_limit:

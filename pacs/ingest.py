@@ -20,6 +20,7 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
+from pacs.dicom.attributes import Level
 from pacs.dicom.instance import ParsedInstance, inspect_instance
 from pacs.errors import (
     DuplicateInstance,
@@ -55,8 +56,12 @@ class StoreReport:
 
 
 class IngestService:
-    def __init__(self, index: IndexRepository, blobs: BlobStore, *, duplicate_policy: str, temp_dir: Path) -> None:
+    def __init__(
+        self, index: IndexRepository, blobs: BlobStore, *, duplicate_policy: str, temp_dir: Path,
+        compression: dict[str, str] | None = None,
+    ) -> None:
         self.index = index
+        self.compression = compression or {}  # modality -> transfer syntax to store it in
         self.committer = GroupCommitter(index, duplicate_policy)
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
@@ -153,6 +158,12 @@ class IngestService:
                 if not parsed.has_part10_header:
                     source, move = self._with_part10_header(path, parsed), True
                     parsed = inspect_instance(source)
+                compressed = self._compressed(source, parsed)
+                if compressed is not None:
+                    if move:
+                        _unlink(source)
+                    source, move = compressed, True
+                    parsed = inspect_instance(source)
                 key = blob_key(parsed)
                 try:
                     size = self.blobs.put_file(key, source, move=move)
@@ -165,6 +176,25 @@ class IngestService:
             except OSError as exc:
                 reports[i] = _report(path, parsed, error=StorageUnavailable(f"cannot write to storage: {exc.strerror}"))
         return written
+
+    def _compressed(self, source: Path, parsed: ParsedInstance) -> Path | None:
+        """A compressed copy when the policy names this modality and the data is uncompressed;
+        None to store the file as sent (also when the encoder cannot take this image)."""
+        modality = str(parsed.attributes[Level.SERIES].get("modality") or "").upper()
+        target = self.compression.get(modality)
+        if target is None or parsed.transfer_syntax_uid not in _NATIVE_SYNTAXES or parsed.layout is None:
+            return None
+        from pacs.pixels.transcode import transcode_file
+
+        fd, destination = self.temp_file()
+        os.close(fd)
+        try:
+            transcode_file(source, target, destination)
+        except PacsError as exc:
+            _unlink(destination)
+            log.warning("%s kept as sent, not compressed: %s", parsed.sop_instance_uid, type(exc).__name__)
+            return None
+        return destination
 
     def _with_part10_header(self, path: Path, parsed: ParsedInstance) -> Path:
         """Prefix a bare dataset with preamble and File Meta Information (PS3.10 7.1)."""
@@ -220,6 +250,9 @@ class IngestService:
         for key in keys:
             self._discard(key)
         return len(keys)
+
+
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
 
 def blob_key(parsed: ParsedInstance) -> str:

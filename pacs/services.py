@@ -54,7 +54,8 @@ class Services:
         )
         index = IndexRepository(engine)
         ingest = IngestService(
-            index, blobs, duplicate_policy=settings.duplicate_policy, temp_dir=settings.data_dir / "tmp"
+            index, blobs, duplicate_policy=settings.duplicate_policy, temp_dir=settings.data_dir / "tmp",
+            compression=settings.compression_policy,
         )
         remote_aes = RemoteAERepository(engine, parse_remote_aes(settings.remote_aes))
         account_repository = AccountRepository(engine)
