@@ -13,6 +13,7 @@ from dicomweb.rendered import RENDERED_TYPES, image_response, not_modified, etag
 from pacs.errors import InvalidInput, NotAcceptable
 from pacs.index.repository import StoredInstance
 from pacs.pixels.render import MAX_VIEWPORT, RenderOptions, Window
+from pacs.pixels.transcode import transcoded_stream
 from pacs.services import Services
 
 DICOM = "application/dicom"
@@ -65,8 +66,6 @@ def _dicom(services: Services, stored: StoredInstance, transfer_syntax: str) -> 
     headers = {"Content-Disposition": f'attachment; filename="{stored.sop_instance_uid}.dcm"'}
     wanted = transfer_syntax.strip()
     if wanted and wanted != stored.transfer_syntax_uid:
-        from pacs.pixels.transcode import transcoded_stream
-
         return StreamingResponse(transcoded_stream(services, stored, wanted), media_type=DICOM, headers=headers)
     headers["Content-Length"] = str(stored.blob_size)
     return StreamingResponse(services.retrieve.iter_file(stored), media_type=DICOM, headers=headers)

@@ -212,6 +212,18 @@ def test_wado_uri_content_types(stored: Stored) -> None:
     assert listed.headers["content-type"] == "image/png"
 
 
+def test_wado_uri_dicom_in_another_transfer_syntax(stored: Stored) -> None:
+    rle = stored.client.get("/wado", params=wado_params(stored.ct, contentType="application/dicom",
+                                                        transferSyntax="1.2.840.10008.1.2.5"))
+    assert rle.status_code == 200
+    back = pydicom.dcmread(io.BytesIO(rle.content))
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    assert np.array_equal(back.pixel_array, stored.ct.pixel_array)
+    jpeg = stored.client.get("/wado", params=wado_params(stored.ct, contentType="application/dicom",
+                                                         transferSyntax="1.2.840.10008.1.2.4.50"))
+    assert jpeg.status_code == 406 and jpeg.json()["error"]
+
+
 BAD_WADO_URI = [
     ({"requestType": "WADO-RS"}, 400),
     ({"anonymize": "yes"}, 400),
