@@ -95,3 +95,32 @@ def test_compressed_file_keeps_its_syntax(web: DICOMwebClient) -> None:
         media_types=(("application/octet-stream", "*"),),
     )
     assert frames[0].rstrip(b"\x00") == next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)).rstrip(b"\x00")
+
+
+def test_rendered_and_decoded_frames(web: DICOMwebClient) -> None:
+    """dicomweb-client's rendered calls, and frames of a compressed instance asked as raw pixels."""
+    import io
+
+    from PIL import Image
+
+    series = make_series(2, PatientID="IOP-R")
+    web.store_instances(series)
+    ds = series[0]
+    jpeg = web.retrieve_instance_rendered(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                                          media_types=("image/jpeg",))
+    assert Image.open(io.BytesIO(jpeg)).size == (ds.Columns, ds.Rows)
+    png = web.retrieve_instance_frames_rendered(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                                                frame_numbers=[1], media_types=("image/png",),
+                                                params={"window": "0,2000,linear"})
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    rendered_series = web.retrieve_series_rendered(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                   media_types=("image/jpeg",))
+    assert rendered_series  # a multipart of both instances' renderings
+
+    j2k = pydicom.dcmread(get_testdata_file("JPEG2000.dcm", download=False))
+    web.store_instances([j2k])
+    [frame] = web.retrieve_instance_frames(
+        j2k.StudyInstanceUID, j2k.SeriesInstanceUID, j2k.SOPInstanceUID, frame_numbers=[1],
+        media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),),
+    )
+    assert frame == j2k.pixel_array.astype(j2k.pixel_array.dtype.newbyteorder("<")).tobytes()
