@@ -4,7 +4,6 @@ HTTP caching (instances are immutable while stored, so a rendering is too)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomweb.media import MediaRange, parse_accept
 from dicomweb.multipart import iter_multipart, multipart_content_type, new_boundary
+from dicomweb.responses import CACHE_CONTROL, etag, not_modified
 from pacs.errors import InvalidInput, NotAcceptable
 from pacs.index.repository import StoredInstance
 from pacs.pixels.render import MAX_VIEWPORT, RenderOptions, Window
@@ -23,8 +23,6 @@ RENDERED_TYPES = (JPEG, PNG, GIF)  # the first is the default (PS3.18 8.7.4)
 WINDOW_FUNCTIONS = {"linear": "linear", "linear-exact": "linear_exact", "linear_exact": "linear_exact",
                     "sigmoid": "sigmoid"}
 THUMBNAIL_SIZE = 128
-# Private: rendered images carry PHI, so shared caches must not keep them.
-CACHE_CONTROL = "private, max-age=86400"
 
 
 @dataclass(frozen=True)
@@ -99,14 +97,6 @@ def _positive_int(name: str, text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise InvalidInput(f"{name} must be a positive integer, not {text!r}")
     return int(text)
-
-
-def etag(parts: Sequence[object]) -> str:
-    return '"' + hashlib.sha256(repr(tuple(parts)).encode()).hexdigest()[:32] + '"'
-
-
-def not_modified(request: Request, tag: str) -> bool:
-    return tag in (t.strip() for t in request.headers.get("if-none-match", "").split(","))
 
 
 def image_response(

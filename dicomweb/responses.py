@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -13,6 +14,8 @@ from starlette.responses import Response
 from pacs.dicom.instance import BASE_URL_TOKEN
 
 PREFIX = "/dicom-web"
+# Private: images carry PHI, so shared caches must not keep them; stored instances never change.
+CACHE_CONTROL = "private, max-age=86400"
 DICOM_JSON = "application/dicom+json"
 _GZIP_MIN_BYTES = 1024
 
@@ -78,3 +81,12 @@ def encoded_json_response(
         data = gzip.compress(data, compresslevel=1, mtime=0)
         out_headers["Content-Encoding"] = "gzip"
     return Response(data, status_code=status_code, media_type=DICOM_JSON, headers=out_headers)
+
+
+def etag(parts: Sequence[object]) -> str:
+    """A strong validator for a representation made from immutable stored data."""
+    return '"' + hashlib.sha256(repr(tuple(parts)).encode()).hexdigest()[:32] + '"'
+
+
+def not_modified(request: Request, tag: str) -> bool:
+    return tag in (t.strip() for t in request.headers.get("if-none-match", "").split(","))

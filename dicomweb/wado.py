@@ -28,7 +28,7 @@ from dicomweb.media import (
     parse_accept,
 )
 from dicomweb.multipart import iter_multipart, multipart_content_type, new_boundary
-from dicomweb.responses import stored_json_response
+from dicomweb.responses import CACHE_CONTROL, etag, not_modified, stored_json_response
 from pacs.dicom.frames import frame_count, frame_ranges
 from pacs.errors import InvalidInput, PacsError
 from pacs.index.repository import StoredInstance
@@ -110,6 +110,11 @@ def retrieve_frames(
     representation = negotiate_frames(
         parse_accept(request.headers.get("accept")), stored.transfer_syntax_uid, producible_from=producible_from
     )
+    # A stored instance never changes (a replacement gets a new blob key): viewers may keep frames.
+    caching = {"ETag": etag((stored.blob_key, tuple(numbers), representation)), "Cache-Control": CACHE_CONTROL,
+               "Vary": "Accept, Authorization, Cookie"}
+    if not_modified(request, caching["ETag"]):
+        return Response(status_code=304, headers=caching)
     frames = services.retrieve.frames(stored, numbers)
     part_type = f"{representation.part_media_type}; transfer-syntax={representation.transfer_syntax}"
     boundary = new_boundary()
@@ -122,6 +127,7 @@ def retrieve_frames(
         media_type=multipart_content_type(
             representation.part_media_type, boundary, **{"transfer-syntax": representation.transfer_syntax}
         ),
+        headers=caching,
     )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb.rendered import RENDERED_TYPES, image_response, not_modified, etag
+from dicomweb.rendered import RENDERED_TYPES, image_response
+from dicomweb.responses import etag, not_modified
 from pacs.errors import InvalidInput, NotAcceptable
 from pacs.index.repository import StoredInstance
 from pacs.pixels.render import MAX_VIEWPORT, RenderOptions, Window

@@ -258,3 +258,14 @@ def test_rendered_and_wado_uri_respect_provider_scoping(stored: Stored, services
     anonymous = TestClient(stored.client.app)
     assert anonymous.get(path).status_code == 401
     assert anonymous.get("/wado", params=wado_params(stored.ct)).status_code == 401
+
+
+def test_frames_carry_validators_for_viewer_caches(stored: Stored) -> None:
+    path = stored.instance_path(stored.multiframe) + "/frames/2"
+    accept = {"Accept": "multipart/related; type=application/octet-stream"}
+    first = stored.client.get(path, headers=accept)
+    assert first.status_code == 200 and first.headers["cache-control"].startswith("private")
+    again = stored.client.get(path, headers={**accept, "If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+    other = stored.client.get(stored.instance_path(stored.multiframe) + "/frames/3", headers=accept)
+    assert other.headers["etag"] != first.headers["etag"]
