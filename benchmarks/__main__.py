@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dimse, report
+from benchmarks import dimse, rendering, report
 from benchmarks.runner import Options, TargetResult, prepare, run_target, say
 from benchmarks.servers import (
     Server,
@@ -32,8 +32,8 @@ from benchmarks.servers import (
     temp_folder,
 )
 
-QUICK = {"instances": 100, "studies": 500, "series_size": 50}
-FULL = {"instances": 1000, "studies": 10_000, "series_size": 300}
+QUICK = {"instances": 100, "studies": 500, "series_size": 50, "render_frames": 100}
+FULL = {"instances": 1000, "studies": 10_000, "series_size": 300, "render_frames": 1000}
 
 
 def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
@@ -63,6 +63,13 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                    help="also measure DIMSE: C-STORE (storescu), C-FIND, C-MOVE (to storescp), C-GET (getscu)")
     p.add_argument("--dimse-only", action="store_true",
                    help="only the DIMSE figures (the QIDO studies and the series are still seeded over STOW-RS)")
+    p.add_argument("--pixels", action="store_true",
+                   help="also measure rendering: rendered JPEG/PNG frames (warm, cold, JPEG-LS, JPEG 2000), "
+                        "thumbnails, memory while rendering 1000 frames")
+    p.add_argument("--pixels-only", action="store_true",
+                   help="only the rendering figures (nothing else is seeded)")
+    p.add_argument("--render-frames", type=int, metavar="F",
+                   help="frames rendered one by one for the memory figures (default 1000, --quick 100)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each measured phase, wait up to this long for other processes to go idle")
     p.add_argument("--json", metavar="PATH", help="also write every raw figure to this JSON file")
@@ -72,9 +79,15 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
 def options_from(args: argparse.Namespace) -> Options:
     sizes = QUICK if args.quick else FULL
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else sizes[name]
+    only = args.dimse_only or args.pixels_only
+    render = None
+    if args.pixels or args.pixels_only:
+        render = rendering.RenderSizes(frames=pick("render_frames"))
+        if args.quick:
+            render.warm, render.cold, render.budget = 20, 10, 30.0
     return Options(pick("instances"), pick("studies"), pick("series_size"), args.queries, args.metadata_runs,
-                   args.wado_runs, args.big_frames if args.big and not args.dimse_only else 0, args.wait_quiet,
-                   dimse=args.dimse or args.dimse_only, dicomweb=not args.dimse_only)
+                   args.wado_runs, args.big_frames if args.big and not only else 0, args.wait_quiet,
+                   dimse=args.dimse or args.dimse_only, dicomweb=not only, render=render)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks") -> int:
@@ -115,7 +128,8 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
     failed = 0
     with ExitStack() as stack:
         files = stack.enter_context(temp_folder("bench-cstore-")) if options.dimse else None
-        data = prepare(options, files)
+        pixels = stack.enter_context(temp_folder("bench-pixels-")) if options.render else None
+        data = prepare(options, files, pixels)
         for backend, targets in plan:
             results: dict[str, TargetResult] = {}
             for target in targets:
@@ -190,6 +204,8 @@ def _sections(backend: str, results: dict[str, TargetResult], options: Options,
         sections.append(_section(backend, results, options, args))
     if options.dimse:
         sections.append(_dimse_section(backend, results, options, args))
+    if options.render:
+        sections.append(_render_section(backend, results, options, args))
     return sections
 
 
@@ -243,6 +259,36 @@ def _dimse_section(backend: str, results: dict[str, TargetResult], options: Opti
     return report.render(title, names, rows, notes), failed
 
 
+def _render_section(backend: str, results: dict[str, TargetResult], options: Options,
+                    args: argparse.Namespace) -> tuple[str, int]:
+    sizes = options.render
+    assert sizes is not None
+    mine = results.get("minipacs") or results.get("external")
+    theirs = results.get("orthanc")
+    rows = report.build_render_rows(mine, theirs, sizes.frames)
+    notes = []
+    if not options.dicomweb and not options.dimse:  # no other section lists them
+        notes = [f"{r.server.name}: {r.server.description}" for r in results.values()]
+        notes += [note for r in results.values() for note in r.server.notes]
+    notes += [
+        (f"GET .../instances/{{i}}/frames/{{f}}/rendered?window={rendering.WINDOW} (the files' own window; "
+         "without it Orthanc renders the full range) and .../instances/{i}/thumbnail, one client, one request at "
+         "a time, time until the whole image is read; 512x512 CT slices, 12 bits stored in 16"),
+        (f"warm: the same request {sizes.warm} times after 2 warm-ups; cold: {sizes.cold} instances of each kind, "
+         "each rendered once (never rendered before), JPEG-LS and JPEG 2000 files made by pydicom's encoders"),
+        (f"memory: every instance of a {sizes.frames}-instance series, then every frame of a {sizes.frames}-frame "
+         f"instance, rendered once in order (at most {sizes.budget:.0f} s each); peak summed VmRSS sampled every "
+         "0.1 s during that phase"),
+    ]
+    notes += [note for r in results.values() if r.pixels for note in r.pixels.notes]
+    notes.append("ratio = minipacs / Orthanc (latency and memory: lower is better)")
+    passed, failed = report.tally(rows)
+    notes.append(f"targets: {passed} PASS, {failed} FAIL")
+    title = f"{_pair_title(backend, args)}, rendering ({sizes.frames} frames for the memory figures)"
+    names = (mine.server.name if mine else "minipacs", "Orthanc")
+    return report.render(title, names, rows, notes), failed
+
+
 def _pynetdicom_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -258,6 +304,9 @@ def _raw(result: TargetResult) -> dict[str, Any]:
         data[name] = {k: {**asdict(v), "p50": v.p50, "p95": v.p95} for k, v in getattr(result, name).items()}
     if result.metadata:
         data["metadata"] = {**asdict(result.metadata), "p50": result.metadata.p50, "p95": result.metadata.p95}
+    if result.pixels is not None:
+        data["pixels"]["percentiles"] = {k: {"p50": v.p50, "p95": v.p95}
+                                         for k, v in result.pixels.figures.items() if v.samples_ms}
     if result.dimse is not None:
         latencies = {"echo": result.dimse.echo, **{f"find {k}": v for k, v in result.dimse.find.items()}}
         data["dimse"]["latency_percentiles"] = {k: {"p50": v.p50, "p95": v.p95} for k, v in latencies.items() if v}

@@ -8,6 +8,7 @@ object can be written to disk frame by frame.
 
 from __future__ import annotations
 
+import copy
 import io
 import random
 import struct
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 BOUNDARY = "minipacs-bench-3f6c1d0e9a7b4c2d"
 STOW_CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -81,6 +82,28 @@ def pixel_pool(rows: int, columns: int, count: int = 4, *, seed: int = 1) -> lis
     """A few frames of CT-like 12-bit noise to cycle through (values 0..4095)."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16).tobytes() for _ in range(count)]
+
+
+def ct_phantom(rows: int, columns: int, index: int = 0, *, noise_hu: float = 12.0) -> np.ndarray:
+    """A smooth CT-like axial slice as stored values (HU + 1024, 12 bits in uint16): air, a body
+    of fat and soft tissue, two lungs, heart, aorta and a vertebra, plus mild Gaussian noise.
+    ``index`` moves the organs a little and seeds the noise, so each slice is distinct. Random
+    noise over the whole range (``pixel_pool``) is a codec's worst case; this compresses 2.5:1
+    losslessly (JPEG-LS, JPEG 2000), in the range of real CT slices."""
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    y, x = (y - rows / 2) / (rows / 2), (x - columns / 2) / (columns / 2)
+    shift = (index % 50) * 0.002
+    hu = np.full((rows, columns), -1000.0, dtype=np.float32)
+    shapes = [  # (centre x, centre y, radius x, radius y, HU), drawn in order
+        (0.0, 0.05, 0.86, 0.66, -100.0), (0.0, 0.05, 0.80, 0.60, 40.0),
+        (-0.36 - shift, 0.0, 0.28 - shift, 0.42, -850.0), (0.36 + shift, 0.0, 0.28 - shift, 0.42, -850.0),
+        (0.08, -0.05 + shift, 0.2, 0.17, 50.0), (-0.06, 0.3, 0.04, 0.04, 180.0),
+        (0.0, 0.5, 0.09, 0.08, 700.0), (0.0, 0.5, 0.05, 0.045, 250.0),
+    ]
+    for cx, cy, rx, ry, value in shapes:
+        hu[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1] = value
+    hu += np.random.default_rng(1000 + index).normal(0.0, noise_hu, size=hu.shape).astype(np.float32)
+    return np.clip(hu + 1024, 0, 4095).astype(np.uint16)
 
 
 def header_dataset(study: Study, series_uid: str, series_number: int, instance_number: int,
@@ -154,16 +177,34 @@ def series_instances(study: Study, count: int, *, rows: int, columns: int, pool:
         yield encode_instance(study, series_uid, series_number, n, rows, columns, pool[n % len(pool)])
 
 
-def write_multiframe(path: Path, *, frames: int, rows: int, columns: int) -> int:
-    """Write a ``frames``-frame 16-bit CT to ``path`` one frame at a time; returns the file size."""
-    study = make_studies(1, seed=99, accession_base=9_000_000)[0]
-    ds = header_dataset(study, generate_uid(), 1, 1, rows, columns, frames=frames)
-    frame = pixel_pool(rows, columns, 1, seed=7)[0]
+def write_multiframe(path: Path, *, frames: int, rows: int, columns: int, pool: list[bytes] | None = None,
+                     ds: Dataset | None = None) -> int:
+    """Write a ``frames``-frame 16-bit CT to ``path`` one frame at a time, cycling through
+    ``pool`` (default: one frame of noise), with header ``ds`` (default: a new CT); returns the
+    file size."""
+    if ds is None:
+        study = make_studies(1, seed=99, accession_base=9_000_000)[0]
+        ds = header_dataset(study, generate_uid(), 1, 1, rows, columns, frames=frames)
+    pool = pool or pixel_pool(rows, columns, 1, seed=7)
     with path.open("wb") as out:
-        out.write(header_bytes(ds, len(frame) * frames))
-        for _ in range(frames):
-            out.write(frame)
+        out.write(header_bytes(ds, len(pool[0]) * frames))
+        for n in range(frames):
+            out.write(pool[n % len(pool)])
     return path.stat().st_size
+
+
+def encode_compressed(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> bytes:
+    """A Part 10 file of header ``ds`` with ``pixels`` compressed losslessly by pydicom's encoders
+    (JPEG-LS: pyjpegls; JPEG 2000: pylibjpeg-openjpeg)."""
+    ds = copy.deepcopy(ds)
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW"
+    # Lossless: the instance keeps its UID (pydicom makes a new one by default).
+    ds.compress(transfer_syntax, encoding_plugin="pylibjpeg" if transfer_syntax == JPEG2000Lossless else "",
+                generate_instance_uid=False)
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def stream_file_as_stow(path: Path, chunk_size: int = 1 << 20) -> Iterator[bytes]:

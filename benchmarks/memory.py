@@ -118,7 +118,8 @@ def foreign_cpu_seconds(database: str | None = None) -> tuple[float, float]:
     """(CPU seconds of other processes, CPU seconds PostgreSQL spent on ``database`` and in its
     background processes), including reaped children. This benchmark's processes are left out,
     and so are kernel threads (writeback, journal), which mostly work for the server under test;
-    PostgreSQL backends serving other databases count as other processes."""
+    PostgreSQL backends serving other databases (and, without ``database``, all of PostgreSQL) count
+    as other processes."""
     own = set(process_tree(os.getpid()))
     others = served = 0
     for entry in Path("/proc").iterdir():
@@ -134,7 +135,7 @@ def foreign_cpu_seconds(database: str | None = None) -> tuple[float, float]:
             continue
         if head.endswith("(postgres"):
             # The postmaster's reaped children are every client's ended backends: count them as others.
-            serves = _serves(entry, database)
+            serves = database is not None and _serves(entry, database)
             served += own_ticks if serves else 0
             others += reaped + (0 if serves else own_ticks)
         else:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.dimse import FIND_KINDS, PARALLEL, DimseResult
+from benchmarks.rendering import PixelResult, RenderFigure
 from benchmarks.runner import QUERY_KINDS, TargetResult
 from benchmarks.workloads import MB, Latency, Throughput
 
@@ -14,6 +15,9 @@ RSS_LIMIT = 300 * MB
 QIDO_LIMIT_MS = 50.0
 CFIND_LIMIT_MS = 50.0
 METADATA_LIMIT_MS = 50.0
+RENDER_COLD_LIMIT_MS = 25.0  # an uncompressed 512x512 CT frame, never rendered before, folder storage
+RENDER_DECODE_LIMIT_MS = 60.0  # a JPEG-LS or JPEG 2000 frame, never rendered before
+THUMBNAIL_LIMIT_MS = 10.0
 
 
 @dataclass
@@ -195,6 +199,68 @@ def build_dimse_rows(m: TargetResult | None, o: TargetResult | None, studies: in
                   pick(od, "get"), True, minimum=0.5),
     ]
     return rows
+
+
+def build_render_rows(m: TargetResult | None, o: TargetResult | None, frames: int) -> list[Row]:
+    mp: PixelResult | None = _get(m, "pixels")
+    op: PixelResult | None = _get(o, "pixels")
+
+    def pick(result: PixelResult | None, key: str) -> RenderFigure | None:
+        return None if result is None else result.figures.get(key)
+
+    def latency_row(key: str, label: str, *, ratio_max: float | None = None, limit_ms: float | None = None) -> Row:
+        mine, theirs = pick(mp, key), pick(op, key)
+        ratio = _ratio(_p50(mine), _p50(theirs))
+        row = Row(f"{label}: p50 / p95 ms", _latency(mine), _latency(theirs), _x(ratio))
+        if ratio_max is not None:
+            row.target = f"p50 <= {ratio_max:.1f}x Orthanc"
+            row.verdict = _verdict(None if ratio is None else ratio <= ratio_max)
+        elif limit_ms is not None:
+            row.target = f"p50 < {limit_ms:.0f} ms"
+            p50 = _p50(mine)
+            row.verdict = _verdict(None if p50 is None else p50 < limit_ms)
+        return row
+
+    rows = [
+        latency_row("jpeg_warm", "Rendered JPEG 512x512 CT frame, warm", ratio_max=1.0),
+        latency_row("jpeg_cold", "Rendered JPEG 512x512 CT frame, cold", limit_ms=RENDER_COLD_LIMIT_MS),
+        latency_row("png_warm", "Rendered PNG 512x512 CT frame, warm", ratio_max=0.5),
+        latency_row("jpegls_cold", "JPEG-LS lossless frame as JPEG, cold", limit_ms=RENDER_DECODE_LIMIT_MS),
+        latency_row("j2k_cold", "JPEG 2000 lossless frame as JPEG, cold", limit_ms=RENDER_DECODE_LIMIT_MS),
+        latency_row("thumbnail_warm", "Instance thumbnail, warm", limit_ms=THUMBNAIL_LIMIT_MS),
+    ]
+    for key, what, phase in (("series_walk", f"{frames:,}-instance series", "render_series_walk"),
+                             ("multiframe_walk", f"{frames:,}-frame instance", "render_multiframe_walk")):
+        mine, theirs = pick(mp, key), pick(op, key)
+        peak = _rss_row(f"Peak server RSS rendering every frame of a {what} (MB)", _peak(mine), _peak(theirs))
+        peak.mine, peak.theirs = _walked(peak.mine, mine), _walked(peak.theirs, theirs)
+        rows += [peak, Row(f"({what}: p50 / p95 ms per frame)", _latency(mine), _latency(theirs),
+                           _x(_ratio(_p50(mine), _p50(theirs)))),
+                 _cpu_row(f"({what}: server CPU ms per frame)", phase, "frames", m, o)]
+    ms, os_ = (mp.seeding if mp else None), (op.seeding if op else None)
+    rows.append(Row("(storing the rendering data, s; not a target)", _num(ms), _num(os_), _x(_ratio(ms, os_))))
+    return rows
+
+
+def _p50(figure: RenderFigure | None) -> float | None:
+    return figure.p50 if figure is not None and figure.samples_ms else None
+
+
+def _latency(figure: RenderFigure | None) -> str:
+    if figure is None or not figure.samples_ms:
+        return "-"
+    return f"{_num(figure.p50)} / {_num(figure.p95)}"
+
+
+def _peak(figure: RenderFigure | None) -> int | None:
+    return None if figure is None or not figure.samples_ms else figure.peak_rss
+
+
+def _walked(cell: str, figure: RenderFigure | None) -> str:
+    """A walk that did not reach the end says how far it got."""
+    if figure is None or cell == "-" or len(figure.samples_ms) == figure.requested:
+        return cell
+    return f"{cell} ({len(figure.samples_ms):,} of {figure.requested:,} frames in {figure.seconds:.0f} s)"
 
 
 def render(title: str, names: tuple[str, str], rows: list[Row], notes: list[str]) -> str:

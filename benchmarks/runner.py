@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from benchmarks import dicomgen, dimse, workloads
+from benchmarks import dicomgen, dimse, rendering, workloads
 from benchmarks.dicomgen import Study
 from benchmarks.memory import CpuMeter, RssSampler, wait_until_quiet
 from benchmarks.servers import Server, temp_folder
@@ -35,7 +35,8 @@ class Options:
     big_frames: int  # 0: no huge STOW
     wait_quiet: float = 0.0  # seconds to wait, before each measured phase, for other work to stop
     dimse: bool = False  # also the DIMSE figures (C-STORE, C-FIND, C-MOVE, C-GET)
-    dicomweb: bool = True  # the DICOMweb figures (off with --dimse-only; the seeding still runs)
+    dicomweb: bool = True  # the DICOMweb figures (off with --dimse-only and --pixels-only)
+    render: rendering.RenderSizes | None = None  # the rendering figures (with --pixels), run last
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Prepared:
     warmup: list[bytes]
     series_bytes: int = 0  # the series' Part 10 files, summed
     cstore: dimse.CStoreFiles | None = None  # C-STORE input files (with --dimse)
+    pixels: rendering.PixelData | None = None  # the rendering data (with --pixels)
 
 
 @dataclass
@@ -65,7 +67,8 @@ class TargetResult:
     big: Throughput | None = None
     big_rss: int | None = None  # peak summed VmRSS sampled during the huge STOW
     dimse: dimse.DimseResult | None = None
-    peak_rss: int | None = None  # summed VmHWM at the end of the run
+    pixels: rendering.PixelResult | None = None
+    peak_rss: int | None = None  # summed VmHWM at the end of the run (before the rendering phases)
     seeding: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> CPU seconds by whom
 
@@ -74,18 +77,21 @@ def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def prepare(options: Options, dimse_folder: Path | None = None) -> Prepared:
-    """Everything sent to the servers; with ``options.dimse`` the C-STORE files go to ``dimse_folder``."""
+def prepare(options: Options, dimse_folder: Path | None = None, pixel_folder: Path | None = None) -> Prepared:
+    """Everything sent to the servers; with ``options.dimse`` the C-STORE files go to ``dimse_folder``,
+    with ``options.render`` the multi-frame instance to ``pixel_folder``."""
     began = time.perf_counter()
     pool = dicomgen.pixel_pool(512, 512)
     stow_single = _ingest_bodies(options.instances, pool, seed=11) if options.dicomweb else []
     stow_multi = _ingest_bodies(options.instances, pool, seed=12) if options.dicomweb else []
+    seeded = options.dicomweb or options.dimse  # the QIDO-RS studies and the series
     series_study = dicomgen.make_studies(1, seed=13, accession_base=8_000_000)[0]
-    series = list(dicomgen.series_instances(series_study, options.series_size, rows=512, columns=512, pool=pool))
-    series_uid = _series_uid_of(series[0])
+    series = list(dicomgen.series_instances(series_study, options.series_size if seeded else 0, rows=512,
+                                            columns=512, pool=pool))
+    series_uid = _series_uid_of(series[0]) if series else ""
     series_bytes = sum(map(len, series))
     series_bodies = [dicomgen.stow_body(series[i : i + SERIES_BATCH]) for i in range(0, len(series), SERIES_BATCH)]
-    studies = dicomgen.make_studies(options.studies, seed=14)
+    studies = dicomgen.make_studies(options.studies, seed=14) if seeded else []
     small = dicomgen.pixel_pool(16, 16)
     encoded = [dicomgen.encode_instance(s, _uid(), 1, 1, 16, 16, small[i % len(small)]) for i, s in enumerate(studies)]
     qido_bodies = [dicomgen.stow_body(encoded[i : i + QIDO_BATCH]) for i in range(0, len(encoded), QIDO_BATCH)]
@@ -95,9 +101,15 @@ def prepare(options: Options, dimse_folder: Path | None = None) -> Prepared:
     if options.dimse:
         assert dimse_folder is not None
         cstore = dimse.write_cstore_files(dimse_folder, options.instances, pool, study_size=STUDY_SIZE)
-    say(f"prepared request bodies{' and C-STORE files' if cstore else ''} in {time.perf_counter() - began:.1f} s")
+    pixels = None
+    if options.render:
+        assert pixel_folder is not None
+        pixels = rendering.prepare(options.render, pixel_folder)
+    extras = [name for name, made in (("C-STORE files", cstore), ("rendering data", pixels)) if made]
+    say(f"prepared request bodies{''.join(f' and {e}' for e in extras)} in {time.perf_counter() - began:.1f} s")
     return Prepared(stow_single, stow_multi, series_bodies, series_study.study_uid, series_uid, qido_bodies,
-                    build_queries(studies, options.queries), warmup, series_bytes, cstore)
+                    build_queries(studies, options.queries) if studies else {}, warmup, series_bytes, cstore,
+                    pixels)
 
 
 def _uid() -> str:
@@ -155,10 +167,11 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
             result.dimse = dimse.DimseResult()
             with temp_folder("bench-dimse-logs-") as logs:
                 _cstore_phases(server, data, options, result.dimse, cpu, logs)
-        rss.set_phase("seed")
-        say(f"{server.name}: seeding a {options.series_size}-instance series and {options.studies} studies")
-        result.seeding["series"] = workloads.seed(url, data.series_bodies)
-        result.seeding["studies"] = workloads.seed(url, data.qido_bodies)
+        if options.dicomweb or options.dimse:
+            rss.set_phase("seed")
+            say(f"{server.name}: seeding a {options.series_size}-instance series and {options.studies} studies")
+            result.seeding["series"] = workloads.seed(url, data.series_bodies)
+            result.seeding["studies"] = workloads.seed(url, data.qido_bodies)
         rss.set_phase("read")
         if options.dicomweb:
             _read_phases(server, data, options, result, cpu)
@@ -174,6 +187,12 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
             result.big_rss = rss.peaks.get("big")
         rss.sample()
         result.peak_rss = rss.hwm_seen if server.pid else None
+        if options.render and data.pixels is not None:
+            def before(message: str) -> None:
+                _quiet(server, options)
+                say(f"{server.name}: {message}")
+
+            result.pixels = rendering.run(url, data.pixels, options.render, rss, cpu, before)
     result.cpu = cpu.phases
     _check(server, result)
     return result
@@ -285,7 +304,11 @@ def _check(server: Server, result: TargetResult) -> None:
     cores = os.cpu_count() or 1
     for phase, spent in result.cpu.items():
         if spent["wall"] > 0.5 and spent["others"] > 0.1 * spent["wall"] * cores:
-            notes = result.dimse.notes if result.dimse is not None and phase in DIMSE_PHASES else server.notes
+            notes = server.notes
+            if result.dimse is not None and phase in DIMSE_PHASES:
+                notes = result.dimse.notes
+            elif result.pixels is not None and phase.startswith("render"):
+                notes = result.pixels.notes
             notes.append(f"{server.name} {phase}: other processes used {spent['others']:.1f} CPU s of "
                          f"{spent['wall'] * cores:.1f} available; this figure may be disturbed")
     for name, figure in (("STOW 1 client", result.stow_1), ("STOW 4 clients", result.stow_4)):
@@ -300,3 +323,7 @@ def _check(server: Server, result: TargetResult) -> None:
                                           f"{figure.first_error}")
     if result.big and result.big.failures:
         server.notes.append(f"2 GB STOW failed: {result.big.first_error}")
+    if result.pixels is not None:
+        for key, rendered in result.pixels.figures.items():
+            if rendered.error:
+                result.pixels.notes.append(f"{server.name}, {rendering.DESCRIPTIONS[key]}: {rendered.error}")
