@@ -8,6 +8,7 @@ decoders. pydicom hands back YBR_FULL, YBR_FULL_422, YBR_ICT and YBR_RCT color a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from os import PathLike
 from typing import BinaryIO
@@ -17,7 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filereader import read_file_meta_info
-from pydicom.pixels import pixel_array
+from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from pacs.errors import InvalidInput, NotAcceptable, PacsError
@@ -63,11 +64,25 @@ def decode_compressed(data: bytes, transfer_syntax: str, attributes: RenderAttri
     ds.PixelData = encapsulate([data])
     ds["PixelData"].VR = "OB"
     try:
-        return pixel_array(ds, index=0)
+        return pixel_array(ds, index=0, decoding_plugin=preferred_plugin(transfer_syntax))
     except PacsError:
         raise
     except Exception as exc:  # decoders raise many kinds on damaged data
         raise NotAcceptable(f"pixel data cannot be decoded: {_reason(exc)}") from exc
+
+
+# pydicom tries pylibjpeg-libjpeg first for JPEG-LS; CharLS (pyjpegls) decodes a CT frame ~4x faster.
+_FASTEST_PLUGIN = {"1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81": "pyjpegls"}
+
+
+@functools.cache
+def preferred_plugin(transfer_syntax: str) -> str:
+    """The decoder plugin to ask for ("" lets pydicom choose)."""
+    plugin = _FASTEST_PLUGIN.get(transfer_syntax, "")
+    try:
+        return plugin if plugin and plugin in get_decoder(UID(transfer_syntax)).available_plugins else ""
+    except (NotImplementedError, ValueError):
+        return ""
 
 
 def can_read_natively(attributes: RenderAttributes) -> bool:
