@@ -22,6 +22,7 @@ from pacs.api.session_routes import ROUTES as SESSION_ROUTES
 from pacs.config import Settings
 from pacs.security.http import AuthenticationMiddleware
 from pacs.services import Services
+from viewer_static.routes import ROUTES as VIEWER_ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -65,5 +66,6 @@ def build_app(settings: Settings, services: Services | None = None, *, migrate: 
         *ADMIN_ROUTES,
         Mount("/dicom-web", routes=DICOMWEB_ROUTES),
         *WADO_URI_ROUTES,
+        *VIEWER_ROUTES,  # last: the viewer owns every path no route above took
     ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -1,4 +1,4 @@
-"""`minipacs serve | import | db upgrade | bench`."""
+"""`minipacs serve | import | db upgrade | viewer install | bench`."""
 
 from __future__ import annotations
 
@@ -90,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     ae_remove.add_argument("name", help="AE title")
     ae_remove.set_defaults(handler=cmd_ae_remove)
 
+    viewer = commands.add_parser("viewer", help="the embedded OHIF viewer")
+    viewer.set_defaults(help_parser=viewer)
+    viewer_commands = viewer.add_subparsers(title="viewer commands", metavar="VIEWER_COMMAND")
+    viewer_install = viewer_commands.add_parser(
+        "install", help="download the prebuilt OHIF viewer (@ohif/app, with npm) and unpack it to be served at /"
+    )
+    viewer_install.add_argument("--version", dest="ohif_version", help="@ohif/app version (default 3.13.x)")
+    viewer_install.add_argument("--force", action="store_true", help="download again even if installed")
+    viewer_install.set_defaults(handler=cmd_viewer_install)
+
     from pacs.admin_cli import add_commands
 
     add_commands(commands)
@@ -173,12 +183,33 @@ def _announce(settings: Settings, *, dicom_port: int | None, dicom_tls_port: int
     print("minipacs is starting", flush=True)
     print(f"  DICOMweb:  {root}/dicom-web   (QIDO-RS, WADO-RS, STOW-RS)", flush=True)
     print(f"  Health:    {root}/health", flush=True)
+    print(f"  Viewer:    {_viewer_line(root)}", flush=True)
     if dicom_port is not None:
         print(f"  DICOM:     {settings.ae_title} on {settings.dicom_host}:{dicom_port}   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)", flush=True)
     if dicom_tls_port is not None:
         print(f"  DICOM TLS: {settings.ae_title} on {settings.dicom_host}:{dicom_tls_port}", flush=True)
     print(f"  Index:     {_redact(settings.effective_database_url)}", flush=True)
     print(f"  Storage:   {settings.effective_storage_url}", flush=True)
+
+
+def _viewer_line(root: str) -> str:
+    from viewer_static.install import installed_version
+
+    version = installed_version()
+    if version is None:
+        return f"{root}/   (not installed: run `minipacs viewer install`, needs npm)"
+    return f"{root}/   (OHIF {version}; a study: {root}/viewer/study/<StudyInstanceUID>)"
+
+
+def cmd_viewer_install(settings: Settings, args: argparse.Namespace) -> int:
+    from viewer_static.install import OHIF_VERSION, ViewerInstallError, install_viewer
+
+    try:
+        install_viewer(args.ohif_version or OHIF_VERSION, force=args.force)
+    except (ViewerInstallError, OSError) as exc:
+        print(f"minipacs: viewer install failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _prepare_security(settings: Settings, engine: Engine) -> str | None:

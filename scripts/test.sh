@@ -11,6 +11,18 @@ if [ ! -x /usr/bin/storescu ]; then
     apt-get update -qq && apt-get install -y -qq dcmtk >/dev/null
 fi
 
+# The viewer's browser tests drive Debian's chromium through Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+# ...against the OHIF bundle `minipacs viewer install` unpacks (kept when already there; needs npm).
+if ! command -v npm >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq npm >/dev/null
+fi
+python3 -m pacs.cli viewer install
+
 # The integration suite needs PostgreSQL on 127.0.0.1:5432 (trust auth for user postgres).
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     if ! command -v pg_ctlcluster >/dev/null; then

@@ -130,6 +130,7 @@ document.getElementById("login").addEventListener("submit", async (event) => {
   const response = await fetch("/api/login", {method: "POST", headers: {"Content-Type": "application/json"},
     body: JSON.stringify({username: form.get("username"), password: form.get("password")})});
   if (response.ok) {
+    await response.json();  // read to the end: leaving mid-download would abort the request
     const next = new URLSearchParams(location.search).get("next");
     location.assign(next && next.startsWith("/") && !next.startsWith("//") ? next : "/api/me");
   } else {

@@ -11,10 +11,11 @@ import inspect
 from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb.errors import http_status
@@ -23,6 +24,7 @@ from pacs.audit.trail import Action, AuditEvent, Outcome
 from pacs.security.authn import csrf_token
 from pacs.security.policy import Operation, authorize
 from pacs.security.principal import Principal, open_principal
+from viewer_static.routes import is_api_path, is_viewer_asset
 
 SESSION_COOKIE = "minipacs_session"
 CSRF_COOKIE = "minipacs_csrf"
@@ -74,13 +76,36 @@ class AuthenticationMiddleware:
         path: str = scope["path"]
         if services.settings.auth == "off":
             scope["principal"] = open_principal(address)
-        elif not (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or scope["method"] == "OPTIONS"):
+        elif not (is_public(path) or scope["method"] == "OPTIONS"):
             try:
                 scope["principal"] = await _authenticate(services, scope, address)
             except errors.PacsError as exc:
+                if _is_page_visit(scope) and type(exc) is errors.NotAuthenticated:
+                    await _to_login(scope)(scope, receive, send)
+                    return
                 await _refuse(services, scope, address, exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def is_public(path: str) -> bool:
+    """Reachable without a credential: PUBLIC_PATHS, PUBLIC_PREFIXES and the viewer's static files
+    (scripts, styles, wasm, fonts, images, its app-config.js), which hold no patient data."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or is_viewer_asset(path)
+
+
+def _is_page_visit(scope: Scope) -> bool:
+    """A browser opening a viewer page (/, /viewer?..., /mode/...): it is sent to the login page
+    rather than shown a 401 JSON body. API paths keep their 401 for programs."""
+    if scope["method"] not in ("GET", "HEAD") or is_api_path(scope["path"]):
+        return False
+    accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
+    return b"text/html" in accept.lower()
+
+
+def _to_login(scope: Scope) -> Response:
+    target = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+    return RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
 
 
 async def _authenticate(services: Any, scope: Scope, address: str) -> Principal:
