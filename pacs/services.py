@@ -13,6 +13,7 @@ from pacs.index.accounts import AccountRepository
 from pacs.index.audit import AuditRepository
 from pacs.index.database import open_engine
 from pacs.index.migrate import upgrade_database
+from pacs.index.orders import OrderRepository
 from pacs.index.remote_aes import RemoteAERepository, parse_remote_aes
 from pacs.index.repository import IndexRepository
 from pacs.ingest import IngestService
@@ -22,6 +23,7 @@ from pacs.security.accounts import AccountService
 from pacs.security.authn import Authenticator
 from storage import open_blob_store
 from storage.base import BlobStore
+from worklist.orders import OrderService
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Services:
     authenticator: Authenticator
     audit: AuditTrail
     pixels: PixelService
+    orders: OrderService
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -68,7 +71,7 @@ class Services:
         retrieve = RetrieveService(index, blobs)
         return cls(
             settings, engine, index, blobs, ingest, retrieve, remote_aes, accounts, authenticator, audit,
-            PixelService(retrieve),
+            PixelService(retrieve), OrderService(OrderRepository(engine)),
         )
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ class Action(StrEnum):
     LOGOUT = "logout"
     ADMIN = "admin"  # accounts, tokens, AEs
     AUDIT = "audit"  # the audit trail itself was read
+    ORDER = "order"  # an imaging order was created or changed
 
 
 class Outcome(StrEnum):

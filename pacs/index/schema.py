@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -178,6 +179,59 @@ audit_policy = Table(
     metadata,
     Column("pk", Integer, primary_key=True),
     Column("retention_days", Integer, nullable=False),
+)
+
+# Imaging orders (see worklist.orders for their workflow). Numbers come from order_counters.
+orders = Table(
+    "orders",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("order_number", String(16), nullable=False, unique=True),  # ORD-YYYY-NNNNN
+    Column("accession_number", String(16), nullable=False, unique=True),  # ACC-YYYY-NNNNN or external (SH)
+    Column("patient_id", String(64), nullable=False, index=True),
+    Column("issuer_of_patient_id", String(64), nullable=False, server_default=""),
+    Column("patient_name", String(324), nullable=False),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("ordering_provider", String(324)),
+    Column("ordering_provider_norm", String(324), index=True),  # links providers to their orders
+    Column("modality", String(16), nullable=False),
+    Column("body_part", String(64)),
+    Column("laterality", String(16)),
+    Column("procedure_code", String(64)),
+    Column("procedure_description", String(64)),
+    Column("priority", String(16), nullable=False),
+    Column("clinical_indication", Text),
+    Column("scheduled_at", DateTime(timezone=True), index=True),
+    Column("station_ae_title", String(16)),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", String(128), nullable=False),
+)
+
+order_status_history = Table(
+    "order_status_history",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("order_pk", Integer, ForeignKey("orders.pk", ondelete="CASCADE"), nullable=False, index=True),
+    Column("from_status", String(16)),  # NULL: the order was created
+    Column("to_status", String(16), nullable=False),
+    Column("changed_by", String(128), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+)
+
+# The last number handed out per kind ("ORD", "ACC") and year; bumped with an upsert in the
+# transaction that inserts the order, so concurrent writers never share a number.
+order_counters = Table(
+    "order_counters",
+    metadata,
+    Column("kind", String(8), nullable=False),
+    Column("year", Integer, nullable=False),
+    Column("last", Integer, nullable=False),
+    PrimaryKeyConstraint("kind", "year"),
 )
 
 Index("ix_patients_patient_name_norm", patients.c.patient_name_norm)

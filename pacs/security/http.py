@@ -44,6 +44,8 @@ AUDIT_ACTION: dict[Operation, Action] = {
     Operation.MANAGE_AES: Action.ADMIN,
     Operation.READ_AUDIT: Action.AUDIT,
     Operation.OWN_TOKENS: Action.ADMIN,
+    Operation.READ_ORDERS: Action.READ,
+    Operation.WRITE_ORDERS: Action.ORDER,
 }
 
 Endpoint = Callable[[Request], Response | Awaitable[Response]]
@@ -250,7 +252,7 @@ def _record(request: Request, principal: Principal, action: str, outcome: str, s
         detail["query"] = dict(request.query_params)
     if reason:
         detail["reason"] = reason
-    if action in (Action.ADMIN, Action.AUDIT):
+    if action in (Action.ADMIN, Action.AUDIT, Action.ORDER):
         detail.setdefault("method", request.method)
         detail.setdefault("path", request.url.path)
     audit.record(

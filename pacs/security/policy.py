@@ -20,6 +20,8 @@ class Operation(StrEnum):
     MANAGE_AES = "manage-aes"
     READ_AUDIT = "read-audit"
     OWN_TOKENS = "own-tokens"  # any signed-in user, for themselves
+    READ_ORDERS = "read-orders"
+    WRITE_ORDERS = "write-orders"  # create, change, move through the workflow, cancel
 
 
 REQUIRED: dict[Operation, Permission | None] = {
@@ -32,6 +34,8 @@ REQUIRED: dict[Operation, Permission | None] = {
     Operation.MANAGE_AES: Permission.MANAGE_AES,
     Operation.READ_AUDIT: Permission.READ_AUDIT,
     Operation.OWN_TOKENS: None,
+    Operation.READ_ORDERS: Permission.READ_ORDERS,
+    Operation.WRITE_ORDERS: Permission.WRITE_ORDERS,
 }
 
 

@@ -28,14 +28,20 @@ class Permission(StrEnum):
     MANAGE_USERS = "manage-users"
     MANAGE_AES = "manage-aes"
     READ_AUDIT = "read-audit"
+    READ_ORDERS = "read-orders"  # providers: only the orders they placed
+    WRITE_ORDERS = "write-orders"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.RADIOLOGIST: frozenset({Permission.READ}),
-    Role.TECHNOLOGIST: frozenset({Permission.READ, Permission.STORE, Permission.DELETE}),
-    Role.PROVIDER: frozenset({Permission.READ}),
-    Role.INTEGRATION: frozenset({Permission.READ, Permission.STORE, Permission.DELETE}),
+    Role.RADIOLOGIST: frozenset({Permission.READ, Permission.READ_ORDERS}),
+    Role.TECHNOLOGIST: frozenset(
+        {Permission.READ, Permission.STORE, Permission.DELETE, Permission.READ_ORDERS, Permission.WRITE_ORDERS}
+    ),
+    Role.PROVIDER: frozenset({Permission.READ, Permission.READ_ORDERS}),
+    Role.INTEGRATION: frozenset(
+        {Permission.READ, Permission.STORE, Permission.DELETE, Permission.READ_ORDERS, Permission.WRITE_ORDERS}
+    ),
 }
 
 # What a calling AE may do over DIMSE, by its access setting.

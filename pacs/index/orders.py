@@ -1,0 +1,202 @@
+"""Imaging orders in the index: rows, status history, and the yearly number counters.
+The workflow rules live in worklist.orders; this module only reads and writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from pacs.errors import Conflict, NotFound
+from pacs.index.accounts import as_utc
+from pacs.index.database import read_transaction, write_transaction
+from pacs.index.schema import order_counters, order_status_history, orders
+
+
+@dataclass(frozen=True)
+class Order:
+    pk: int
+    order_number: str
+    accession_number: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    patient_birth_date: str | None
+    patient_sex: str | None
+    ordering_provider: str | None
+    modality: str
+    body_part: str | None
+    laterality: str | None
+    procedure_code: str | None
+    procedure_description: str | None
+    priority: str
+    clinical_indication: str | None
+    scheduled_at: datetime | None
+    station_ae_title: str | None
+    study_instance_uid: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    from_status: str | None
+    to_status: str
+    changed_by: str
+    changed_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    status: str | None = None
+    modality: str | None = None
+    priority: str | None = None
+    patient_id: str | None = None
+    ordering_provider: str | None = None  # normalised person name
+    scheduled_from: datetime | None = None
+    scheduled_to: datetime | None = None
+    referred_by: str | None = None  # providers: only their own orders (normalised name)
+    limit: int = 100
+    offset: int = 0
+
+
+_ORDER_FIELDS = [f.name for f in fields(Order)]
+
+
+class OrderRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, values: dict[str, Any], *, year: int, generate_accession: bool, now: datetime) -> Order:
+        """Insert an order with the next numbers of `year`, in one transaction with the counters."""
+        try:
+            with write_transaction(self.engine) as conn:
+                row = dict(values, order_number=f"ORD-{year}-{_next_number(conn, 'ORD', year):05d}")
+                if generate_accession:
+                    row["accession_number"] = _free_accession(conn, year)
+                row.update(created_at=now, updated_at=now)
+                pk = conn.execute(orders.insert().values(**row).returning(orders.c.pk)).scalar_one()
+                _record_change(conn, pk, None, row["status"], row["created_by"], now, "")
+                return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
+        except IntegrityError:
+            raise Conflict(f"accession number {values.get('accession_number')} is already used by another order") from None
+
+    def get(self, pk: int) -> Order:
+        return self._one(orders.c.pk == pk, f"no order {pk}")
+
+    def by_number(self, order_number: str) -> Order:
+        return self._one(orders.c.order_number == order_number, f"no order {order_number}")
+
+    def by_accession(self, accession_number: str) -> Order:
+        return self._one(orders.c.accession_number == accession_number, f"no order with accession {accession_number}")
+
+    def _one(self, where: Any, missing: str) -> Order:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(select(orders).where(where)).first()
+        if row is None:
+            raise NotFound(missing)
+        return _order(row)
+
+    def search(self, where: OrderFilter) -> list[Order]:
+        stmt = _filtered(select(orders), where)
+        stmt = stmt.order_by(orders.c.created_at.desc(), orders.c.pk.desc()).limit(where.limit).offset(where.offset)
+        with read_transaction(self.engine) as conn:
+            return [_order(row) for row in conn.execute(stmt)]
+
+    def update(self, pk: int, values: dict[str, Any], *, expected_status: str, now: datetime) -> Order:
+        """Change fields, unless the order left `expected_status` meanwhile."""
+        with write_transaction(self.engine) as conn:
+            stmt = update(orders).where(orders.c.pk == pk, orders.c.status == expected_status)
+            if conn.execute(stmt.values(**values, updated_at=now)).rowcount == 0:
+                raise Conflict(f"order {pk} changed meanwhile; reload it and try again")
+            return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
+
+    def change_status(
+        self, pk: int, from_status: str, to_status: str, *, changed_by: str, reason: str, now: datetime
+    ) -> Order:
+        """Move the order from `from_status` to `to_status` and record it; a concurrent change wins."""
+        with write_transaction(self.engine) as conn:
+            stmt = update(orders).where(orders.c.pk == pk, orders.c.status == from_status)
+            if conn.execute(stmt.values(status=to_status, updated_at=now)).rowcount == 0:
+                raise Conflict(f"order {pk} is no longer {from_status}; reload it and try again")
+            _record_change(conn, pk, from_status, to_status, changed_by, now, reason)
+            return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
+
+    def history(self, pk: int) -> list[StatusChange]:
+        stmt = (
+            select(order_status_history)
+            .where(order_status_history.c.order_pk == pk)
+            .order_by(order_status_history.c.pk)
+        )
+        with read_transaction(self.engine) as conn:
+            return [
+                StatusChange(r.from_status, r.to_status, r.changed_by, as_utc(r.changed_at), r.reason)
+                for r in conn.execute(stmt)
+            ]
+
+
+def _next_number(conn: Connection, kind: str, year: int) -> int:
+    """The next number of (kind, year). The upsert takes the counter row's lock until commit
+    on PostgreSQL (SQLite's write transactions are serialised anyway), so no two share one."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(order_counters).values(kind=kind, year=year, last=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[order_counters.c.kind, order_counters.c.year],
+        set_={"last": order_counters.c.last + 1},
+    )
+    return int(conn.execute(stmt.returning(order_counters.c.last)).scalar_one())
+
+
+def _free_accession(conn: Connection, year: int) -> str:
+    # An externally supplied accession number may already look like one of ours: skip it.
+    while True:
+        candidate = f"ACC-{year}-{_next_number(conn, 'ACC', year):05d}"
+        taken = conn.execute(select(orders.c.pk).where(orders.c.accession_number == candidate)).first()
+        if taken is None:
+            return candidate
+
+
+def _record_change(
+    conn: Connection, pk: int, from_status: str | None, to_status: str, changed_by: str, now: datetime, reason: str
+) -> None:
+    conn.execute(
+        order_status_history.insert().values(
+            order_pk=pk, from_status=from_status, to_status=to_status, changed_by=changed_by, changed_at=now,
+            reason=reason,
+        )
+    )
+
+
+def _filtered(stmt: Select[Any], where: OrderFilter) -> Select[Any]:
+    exact = {
+        orders.c.status: where.status,
+        orders.c.modality: where.modality,
+        orders.c.priority: where.priority,
+        orders.c.patient_id: where.patient_id,
+        orders.c.ordering_provider_norm: where.ordering_provider,
+    }
+    for column, value in exact.items():
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if where.referred_by is not None:
+        stmt = stmt.where(func.rtrim(orders.c.ordering_provider_norm, "^") == where.referred_by)
+    if where.scheduled_from is not None:
+        stmt = stmt.where(orders.c.scheduled_at >= where.scheduled_from)
+    if where.scheduled_to is not None:
+        stmt = stmt.where(orders.c.scheduled_at < where.scheduled_to)
+    return stmt
+
+
+def _order(row: Any) -> Order:
+    values = {name: getattr(row, name) for name in _ORDER_FIELDS}
+    for name in ("created_at", "updated_at", "scheduled_at"):
+        if values[name] is not None:
+            values[name] = as_utc(values[name])
+    return Order(**values)
