@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pacs.api.bodies import json_object, non_negative
 from pacs.errors import InvalidInput
 from pacs.index.accounts import Token, User, as_utc
 from pacs.index.audit import AuditFilter
@@ -29,16 +30,6 @@ def _note(request: Request, operation: str, target: str) -> None:
     request.state.audit["detail"] = {"operation": operation, "target": target}
 
 
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidInput("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send a JSON object")
-    return body
-
-
 def _text(body: dict[str, Any], name: str, default: str | None = None) -> str | None:
     value = body.get(name, default)
     if value is not None and not isinstance(value, str):
@@ -54,7 +45,7 @@ def list_users(request: Request) -> Response:
 
 
 async def add_user(request: Request) -> Response:
-    body = await _json(request)
+    body = await json_object(request)
     username = _text(body, "username") or ""
     _note(request, "add-user", username)
     user = _services(request).accounts.add_user(
@@ -65,7 +56,7 @@ async def add_user(request: Request) -> Response:
 
 async def change_user(request: Request) -> Response:
     """PATCH: any of role (with provider_name), password, disabled."""
-    body = await _json(request)
+    body = await json_object(request)
     username = request.path_params["username"]
     accounts = _services(request).accounts
     _note(request, "change-user " + ",".join(sorted(body)), username)
@@ -97,7 +88,7 @@ async def add_own_token(request: Request) -> Response:
 
 
 async def _issue(request: Request, username: str) -> Response:
-    body = await _json(request) if await request.body() else {}
+    body = await json_object(request) if await request.body() else {}
     days = body.get("days")
     if days is not None and (not isinstance(days, int) or isinstance(days, bool)):
         raise InvalidInput("days must be an integer")
@@ -150,7 +141,7 @@ def list_aes(request: Request) -> Response:
 
 
 async def add_ae(request: Request) -> Response:
-    body = await _json(request)
+    body = await json_object(request)
     port = body.get("port")
     if not isinstance(port, int) or isinstance(port, bool):
         raise InvalidInput("port must be an integer")
@@ -188,8 +179,8 @@ def search_audit(request: Request) -> Response:
         outcome=params.get("outcome") or None,
         since=_time(params.get("since")),
         until=_time(params.get("until")),
-        limit=min(_count(params.get("limit"), 100), _AUDIT_MAX_LIMIT),
-        offset=_count(params.get("offset"), 0),
+        limit=min(non_negative(params.get("limit"), 100), _AUDIT_MAX_LIMIT),
+        offset=non_negative(params.get("offset"), 0),
     )
     request.state.audit["detail"] = {"filter": {k: v for k, v in params.items()}}
     rows = _services(request).audit.search(where)
@@ -212,14 +203,6 @@ def _time(text: str | None) -> datetime | None:
     except ValueError:
         raise InvalidInput(f"{text!r} is not an ISO 8601 date or time") from None
     return as_utc(parsed)
-
-
-def _count(text: str | None, default: int) -> int:
-    if text is None or text == "":
-        return default
-    if not (text.isascii() and text.isdigit()):
-        raise InvalidInput(f"{text!r} is not a non-negative integer")
-    return int(text)
 
 
 TABLE: list[tuple[str, str, Operation, Endpoint]] = [

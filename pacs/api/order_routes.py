@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pacs.api.admin_routes import _count, _json
+from pacs.api.bodies import json_object, non_negative
 from pacs.errors import InvalidInput
 from pacs.index.orders import Order, OrderFilter, StatusChange
 from pacs.security.http import Endpoint, guarded, principal_of
@@ -49,7 +49,7 @@ def _answer(request: Request, order: Order, status_code: int = 200) -> Response:
 
 
 async def create_order(request: Request) -> Response:
-    order = _orders(request).create(await _json(request), created_by=principal_of(request).name)
+    order = _orders(request).create(await json_object(request), created_by=principal_of(request).name)
     _note(request, "create", order)
     return _answer(request, order, 201)
 
@@ -71,8 +71,8 @@ def list_orders(request: Request) -> Response:
         scheduled_from=low,
         scheduled_to=high,
         referred_by=_referred_by(request),
-        limit=min(_count(params.get("limit"), 100), _MAX_LIMIT),
-        offset=_count(params.get("offset"), 0),
+        limit=min(non_negative(params.get("limit"), 100), _MAX_LIMIT),
+        offset=non_negative(params.get("offset"), 0),
     )
     request.state.audit["detail"] = {"query": dict(params)}
     return JSONResponse([order_json(o) for o in _orders(request).search(where)])
@@ -93,13 +93,13 @@ def get_by_accession(request: Request) -> Response:
 
 
 async def change_order(request: Request) -> Response:
-    order = _orders(request).update(_pk(request), await _json(request))
+    order = _orders(request).update(_pk(request), await json_object(request))
     _note(request, "update", order)
     return _answer(request, order)
 
 
 async def change_status(request: Request) -> Response:
-    body = await _json(request)
+    body = await json_object(request)
     status, reason = body.get("status"), body.get("reason", "")
     if not isinstance(status, str) or not isinstance(reason, str):
         raise InvalidInput('send {"status": "...", "reason": "..."} with strings')
@@ -109,7 +109,7 @@ async def change_status(request: Request) -> Response:
 
 
 async def cancel_order(request: Request) -> Response:
-    body = await _json(request) if await request.body() else {}
+    body = await json_object(request) if await request.body() else {}
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise InvalidInput("reason must be a string")
@@ -124,7 +124,7 @@ def patient_orders(request: Request) -> Response:
     request.state.audit["patient_id"] = patient_id
     found = _orders(request).patient_orders(
         patient_id, referred_by=_referred_by(request),
-        limit=min(_count(params.get("limit"), 100), _MAX_LIMIT), offset=_count(params.get("offset"), 0),
+        limit=min(non_negative(params.get("limit"), 100), _MAX_LIMIT), offset=non_negative(params.get("offset"), 0),
     )
     return JSONResponse([order_json(o) for o in found])
 

@@ -4,8 +4,8 @@ ends it, /api/me says who is logged in, GET /login is a minimal login page."""
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import parse_qs
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
