@@ -4,6 +4,7 @@ HTTP caching (instances are immutable while stored, so a rendering is too)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -88,7 +89,7 @@ def _number(name: str, text: str) -> float:
         value = float(text)
     except ValueError:
         raise InvalidInput(f"{name} must be a number, not {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise InvalidInput(f"{name} must be a finite number, not {text!r}")
     return value
 

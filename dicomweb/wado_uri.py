@@ -6,6 +6,8 @@ transcoded to `transferSyntax`. `anonymize=yes` is refused: this archive does no
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -81,7 +83,7 @@ def _window(center: str | None, width: str | None) -> Window | None:
         c, w = float(center), float(width)
     except ValueError:
         raise InvalidInput("windowCenter and windowWidth must be numbers") from None
-    if not w > 0 or c != c or abs(c) == float("inf") or w == float("inf"):
+    if not (math.isfinite(c) and math.isfinite(w) and w > 0):
         raise InvalidInput(f"windowWidth must be a finite number above 0, not {width!r}")
     return Window(c, w)
 
