@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from pacs.api.bodies import json_object
 from pacs.audit.trail import Action, AuditEvent, Outcome
 from pacs.errors import InvalidInput, NotAuthenticated, TooManyAttempts
 from pacs.security.authn import csrf_token
@@ -85,13 +86,7 @@ def _describe(principal: Principal) -> dict[str, Any]:
 async def _fields(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            raise InvalidInput("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("send a JSON object")
-        return body
+        return await json_object(request)
     if content_type == "application/x-www-form-urlencoded":
         body = (await request.body()).decode("utf-8", errors="replace")
         return {name: values[0] for name, values in parse_qs(body).items()}
