@@ -14,6 +14,7 @@ from pacs.index.audit import AuditRepository
 from pacs.index.database import open_engine
 from pacs.index.migrate import upgrade_database
 from pacs.index.orders import OrderRepository
+from pacs.index.reference import ReferenceRepository
 from pacs.index.remote_aes import RemoteAERepository, parse_remote_aes
 from pacs.index.repository import IndexRepository
 from pacs.ingest import IngestService
@@ -24,6 +25,7 @@ from pacs.security.authn import Authenticator
 from storage import open_blob_store
 from storage.base import BlobStore
 from worklist.orders import OrderService
+from worklist.reference import ReferenceData
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,11 @@ class Services:
         retrieve = RetrieveService(index, blobs)
         return cls(
             settings, engine, index, blobs, ingest, retrieve, remote_aes, accounts, authenticator, audit,
-            PixelService(retrieve), OrderService(OrderRepository(engine)),
+            PixelService(retrieve),
+            OrderService(
+                OrderRepository(engine), reference=ReferenceData(ReferenceRepository(engine)),
+                provider_users=account_repository.provider_username,
+            ),
         )
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from pacs.errors import Conflict, InvalidInput, NotFound
 from pacs.index.orders import Order, OrderFilter, OrderRepository, StatusChange
 from pacs.security.principal import normalized_person_name
+from worklist.reference import ReferenceData
 
 
 class OrderStatus(StrEnum):
@@ -44,7 +45,6 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.DISCONTINUED: frozenset(),
 }
 
-MODALITIES = ("CT", "CR", "DX", "MR", "US", "MG", "NM", "PT", "XA", "RF")
 PRIORITIES = ("STAT", "URGENT", "ROUTINE")
 SEXES = ("M", "F", "O")
 LATERALITIES = ("R", "L", "B", "U")  # PS3.3 C.7.3.1: right, left, both (bilateral), unpaired
@@ -53,15 +53,22 @@ LATERALITIES = ("R", "L", "B", "U")  # PS3.3 C.7.3.1: right, left, both (bilater
 _TEXT_LIMITS = {
     "patient_id": 64, "issuer_of_patient_id": 64, "patient_name": 324, "ordering_provider": 324,
     "body_part": 64, "procedure_code": 64, "procedure_description": 64, "clinical_indication": 10240,
-    "station_ae_title": 16, "accession_number": 16,
+    "station_ae_title": 16, "accession_number": 16, "clinical_history": 10240, "contrast_agent": 64,
+    "special_instructions": 10240, "location": 64, "performing_physician": 324, "placer_order_number": 64,
+    "filler_order_number": 64,
 }
-_CHOICES = {"modality": MODALITIES, "priority": PRIORITIES, "patient_sex": SEXES, "laterality": LATERALITIES}
+_FLAGS = frozenset({"contrast_required", "contrast_allergy_checked", "contrast_renal_checked"})
+_MAX_DURATION_MINUTES = 24 * 60
+_UPPER = frozenset({"modality", "body_part"})  # codes; checked against the reference data
+_CHOICES = {"priority": PRIORITIES, "patient_sex": SEXES, "laterality": LATERALITIES}
 EDITABLE = frozenset(
     {"patient_name", "patient_birth_date", "patient_sex", "ordering_provider", "modality", "body_part", "laterality",
      "procedure_code", "procedure_description", "priority", "clinical_indication", "scheduled_at",
-     "station_ae_title"}
+     "station_ae_title", "clinical_history", "contrast_required", "contrast_agent", "contrast_allergy_checked",
+     "contrast_renal_checked", "special_instructions", "duration_minutes", "location", "performing_physician",
+     "filler_order_number"}
 )
-CREATABLE = EDITABLE | {"patient_id", "issuer_of_patient_id", "accession_number"}
+CREATABLE = EDITABLE | {"patient_id", "issuer_of_patient_id", "accession_number", "placer_order_number"}
 _ACCESSION = re.compile(r"[\x20-\x7e]+")  # SH: default repertoire, no backslash (checked below)
 
 
@@ -88,8 +95,12 @@ def validated_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> dict[s
         raise InvalidInput(f"unknown or read-only order fields: {', '.join(unknown)}")
     values: dict[str, Any] = {}
     for name, raw in body.items():
-        if raw is None or raw == "":
+        if name in _FLAGS:
+            values[name] = _flag(name, raw)
+        elif raw is None or raw == "":
             values[name] = None
+        elif name == "duration_minutes":
+            values[name] = _duration(raw)
         elif name == "scheduled_at":
             values[name] = parse_datetime(raw, name)
         elif name == "patient_birth_date":
@@ -102,10 +113,26 @@ def validated_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> dict[s
     return values
 
 
+def _flag(name: str, raw: Any) -> bool:
+    if raw is None:
+        return False
+    if not isinstance(raw, bool):
+        raise InvalidInput(f"{name} must be true or false")
+    return raw
+
+
+def _duration(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= _MAX_DURATION_MINUTES:
+        raise InvalidInput(f"duration_minutes must be a whole number of minutes from 1 to {_MAX_DURATION_MINUTES}")
+    return raw
+
+
 def _text(name: str, raw: Any) -> str:
     if not isinstance(raw, str):
         raise InvalidInput(f"{name} must be a string")
     value = raw.strip()
+    if name in _UPPER:
+        value = value.upper()
     if name in _CHOICES:
         value = value.upper()
         if value not in _CHOICES[name]:
@@ -148,23 +175,46 @@ def utcnow() -> datetime:
 
 
 class OrderService:
-    def __init__(self, repository: OrderRepository, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        repository: OrderRepository,
+        clock: Callable[[], datetime] = utcnow,
+        reference: ReferenceData | None = None,
+        provider_users: Callable[[str], str | None] = lambda name: None,
+    ) -> None:
         self.repository = repository
         self.clock = clock
+        self.reference = reference
+        # The provider account whose link is this normalised name, if any.
+        self.provider_users = provider_users
 
     def create(self, body: Mapping[str, Any], *, created_by: str) -> Order:
         values = validated_fields(body, CREATABLE)
         for required in ("patient_id", "patient_name", "modality"):
             if not values.get(required):
                 raise InvalidInput(f"{required} is required")
+        self._check_reference(values)
+        self._link_provider(values)
         values["priority"] = values.get("priority") or "ROUTINE"
         values["issuer_of_patient_id"] = values.get("issuer_of_patient_id") or ""
         external = bool(values.get("accession_number"))
         if external and self._accession_taken(values["accession_number"]):
             raise Conflict(f"accession number {values['accession_number']} is already used by another order")
         now = self.clock()
-        values.update(status=OrderStatus.ORDERED.value, study_instance_uid=generate_uid(), created_by=created_by)
+        values.update(
+            status=OrderStatus.ORDERED.value, study_instance_uid=values.get("study_instance_uid") or generate_uid(),
+            workitem_uid=generate_uid(), created_by=created_by,
+        )
         return self.repository.create(values, year=now.year, generate_accession=not external, now=now)
+
+    def _check_reference(self, values: Mapping[str, Any]) -> None:
+        if self.reference is not None:
+            self.reference.check(values.get("modality"), values.get("body_part"))
+
+    def _link_provider(self, values: dict[str, Any]) -> None:
+        if "ordering_provider_norm" in values:
+            norm = values["ordering_provider_norm"]
+            values["ordering_provider_user"] = self.provider_users(norm) if norm else None
 
     def _accession_taken(self, accession_number: str) -> bool:
         try:
@@ -200,6 +250,8 @@ class OrderService:
             raise Conflict(f"order {order.order_number} is {order.status}; closed orders cannot be changed")
         if not values:
             return order
+        self._check_reference({"modality": order.modality, "body_part": order.body_part, **values})
+        self._link_provider(values)
         return self.repository.update(pk, values, expected_status=order.status, now=self.clock())
 
     def change_status(self, pk: int, status: str, *, changed_by: str, reason: str = "") -> Order:

@@ -83,6 +83,14 @@ class AccountRepository:
             row = conn.execute(select(users).where(users.c.username == username)).first()
         return _user(row) if row is not None else None
 
+    def provider_username(self, provider_name: str) -> str | None:
+        """The enabled provider account linked to this normalised person name, if any."""
+        stmt = select(users.c.username).where(
+            users.c.role == "provider", users.c.provider_name == provider_name, users.c.disabled.is_(False)
+        )
+        with read_transaction(self.engine) as conn:
+            return conn.execute(stmt.order_by(users.c.username).limit(1)).scalar()
+
     def user(self, username: str) -> User:
         found = self.find_user(username)
         if found is None:

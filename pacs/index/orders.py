@@ -42,6 +42,25 @@ class Order:
     created_at: datetime
     updated_at: datetime
     created_by: str
+    clinical_history: str | None = None
+    contrast_required: bool = False
+    contrast_agent: str | None = None
+    contrast_allergy_checked: bool = False
+    contrast_renal_checked: bool = False
+    special_instructions: str | None = None
+    duration_minutes: int | None = None
+    location: str | None = None
+    performing_physician: str | None = None
+    ordering_provider_user: str | None = None
+    placer_order_number: str | None = None
+    filler_order_number: str | None = None
+    workitem_uid: str | None = None
+    ups_transaction_uid: str | None = None
+    exported_at: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in ("ORDERED", "SCHEDULED", "IN_PROGRESS")
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,11 @@ class OrderFilter:
     scheduled_from: datetime | None = None
     scheduled_to: datetime | None = None
     referred_by: str | None = None  # providers: only their own orders (normalised name)
+    statuses: tuple[str, ...] | None = None  # any of these
+    accession_number: str | None = None
+    study_instance_uid: str | None = None
+    placer_order_number: str | None = None
+    not_exported: bool = False
     limit: int = 100
     offset: int = 0
 
@@ -87,6 +111,9 @@ class OrderRepository:
                 return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
         except IntegrityError:
             raise Conflict(f"accession number {values.get('accession_number')} is already used by another order") from None
+
+    def by_workitem(self, workitem_uid: str) -> Order:
+        return self._one(orders.c.workitem_uid == workitem_uid, f"no workitem {workitem_uid}")
 
     def get(self, pk: int) -> Order:
         return self._one(orders.c.pk == pk, f"no order {pk}")
@@ -181,12 +208,19 @@ def _filtered(stmt: Select[Any], where: OrderFilter) -> Select[Any]:
         orders.c.priority: where.priority,
         orders.c.patient_id: where.patient_id,
         orders.c.ordering_provider_norm: where.ordering_provider,
+        orders.c.accession_number: where.accession_number,
+        orders.c.study_instance_uid: where.study_instance_uid,
+        orders.c.placer_order_number: where.placer_order_number,
     }
     for column, value in exact.items():
         if value is not None:
             stmt = stmt.where(column == value)
     if where.referred_by is not None:
         stmt = stmt.where(func.rtrim(orders.c.ordering_provider_norm, "^") == where.referred_by)
+    if where.statuses is not None:
+        stmt = stmt.where(orders.c.status.in_(where.statuses))
+    if where.not_exported:
+        stmt = stmt.where(orders.c.exported_at.is_(None))
     if where.scheduled_from is not None:
         stmt = stmt.where(orders.c.scheduled_at >= where.scheduled_from)
     if where.scheduled_to is not None:
@@ -196,7 +230,9 @@ def _filtered(stmt: Select[Any], where: OrderFilter) -> Select[Any]:
 
 def _order(row: Any) -> Order:
     values = {name: getattr(row, name) for name in _ORDER_FIELDS}
-    for name in ("created_at", "updated_at", "scheduled_at"):
+    for name in ("contrast_required", "contrast_allergy_checked", "contrast_renal_checked"):
+        values[name] = bool(values[name])
+    for name in ("created_at", "updated_at", "scheduled_at", "exported_at"):
         if values[name] is not None:
             values[name] = as_utc(values[name])
     return Order(**values)

@@ -205,6 +205,21 @@ orders = Table(
     Column("scheduled_at", DateTime(timezone=True), index=True),
     Column("station_ae_title", String(16)),
     Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("clinical_history", Text),
+    Column("contrast_required", Boolean, nullable=False, server_default="0"),
+    Column("contrast_agent", String(64)),
+    Column("contrast_allergy_checked", Boolean, nullable=False, server_default="0"),
+    Column("contrast_renal_checked", Boolean, nullable=False, server_default="0"),
+    Column("special_instructions", Text),
+    Column("duration_minutes", Integer),
+    Column("location", String(64)),
+    Column("performing_physician", String(324)),
+    Column("ordering_provider_user", String(128)),  # the provider account, when one has that name
+    Column("placer_order_number", String(64), index=True),  # ORC-2 / OBR-2 of an HL7 order
+    Column("filler_order_number", String(64)),
+    Column("workitem_uid", String(64), unique=True),  # UPS-RS workitem and MWL SPS, one per order
+    Column("ups_transaction_uid", String(64)),  # the performer's lock while IN PROGRESS (PS3.4 CC.1.1)
+    Column("exported_at", DateTime(timezone=True), index=True),  # last export; NULL: not yet exported
     Column("status", String(16), nullable=False, index=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -232,6 +247,117 @@ order_counters = Table(
     Column("year", Integer, nullable=False),
     Column("last", Integer, nullable=False),
     PrimaryKeyConstraint("kind", "year"),
+)
+
+# Modalities and body parts that may be ordered; seeded by migration 0005, editable by admins.
+modalities = Table(
+    "modalities",
+    metadata,
+    Column("code", String(16), primary_key=True),  # DICOM Modality (0008,0060)
+    Column("display_name", String(64), nullable=False),
+    Column("active", Boolean, nullable=False, server_default="1"),
+)
+
+body_parts = Table(
+    "body_parts",
+    metadata,
+    Column("code", String(64), primary_key=True),  # Body Part Examined (0018,0015), PS3.16 Annex L
+    Column("display_name", String(64), nullable=False),
+    Column("active", Boolean, nullable=False, server_default="1"),
+)
+
+body_part_modalities = Table(
+    "body_part_modalities",
+    metadata,
+    Column("body_part", String(64), ForeignKey("body_parts.code", ondelete="CASCADE"), nullable=False),
+    Column("modality", String(16), ForeignKey("modalities.code", ondelete="CASCADE"), nullable=False),
+    PrimaryKeyConstraint("body_part", "modality"),
+)
+
+# Which order a stored study belongs to. One row per study seen by ingest: LINKED (order_pk
+# set), UNMATCHED (no order found; staff may link it) or DISMISSED (staff chose to leave it).
+study_order_links = Table(
+    "study_order_links",
+    metadata,
+    Column("study_instance_uid", String(64), primary_key=True),
+    Column("order_pk", Integer, ForeignKey("orders.pk", ondelete="SET NULL"), index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("accession_number", String(16)),  # as received in the images
+    Column("linked_by", String(128)),  # "auto" when matched at ingest
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Modality Performed Procedure Steps received by N-CREATE / N-SET (PS3.4 F).
+performed_procedure_steps = Table(
+    "performed_procedure_steps",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("order_pk", Integer, ForeignKey("orders.pk", ondelete="SET NULL"), index=True),
+    Column("status", String(16), nullable=False),  # IN PROGRESS, COMPLETED, DISCONTINUED
+    Column("calling_ae_title", String(16), nullable=False),
+    Column("performed_station_ae_title", String(16)),
+    Column("modality", String(16)),
+    Column("study_instance_uid", String(64)),
+    Column("accession_number", String(16)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("performed_series", Text, nullable=False, server_default="[]"),  # JSON list of series
+    Column("attributes_json", Text, nullable=False),  # DICOM JSON of the whole step as last set
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every HL7 v2 message received, kept raw with its outcome for troubleshooting.
+hl7_messages = Table(
+    "hl7_messages",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("peer", String(64), nullable=False, server_default=""),
+    Column("control_id", String(64)),  # MSH-10
+    Column("sending_application", String(227)),  # MSH-3
+    Column("sending_facility", String(227)),  # MSH-4
+    Column("message_type", String(16)),  # e.g. ORM^O01
+    Column("ack_code", String(2), nullable=False),  # AA, AE, AR
+    Column("outcome", Text, nullable=False, server_default=""),  # what was done, or why not
+    Column("duplicate", Boolean, nullable=False, server_default="0"),
+    Column("order_pk", Integer, ForeignKey("orders.pk", ondelete="SET NULL")),
+    Column("raw", Text, nullable=False),
+)
+
+# One row per message control ID applied, so a re-sent message is applied once (and answered
+# with the first answer). Written in the transaction that applies the message.
+hl7_applied = Table(
+    "hl7_applied",
+    metadata,
+    Column("sending_application", String(227), nullable=False),
+    Column("sending_facility", String(227), nullable=False),
+    Column("control_id", String(64), nullable=False),
+    Column("message_pk", Integer, nullable=False),
+    Column("ack_code", String(2), nullable=False),
+    Column("outcome", Text, nullable=False),
+    PrimaryKeyConstraint("sending_application", "sending_facility", "control_id"),
+)
+
+# Order exports for sites that re-key orders into another RIS: who, when, format, destination.
+export_batches = Table(
+    "export_batches",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("format", String(8), nullable=False),  # csv, hl7, pdf
+    Column("destination", String(512), nullable=False, server_default=""),
+    Column("order_count", Integer, nullable=False),
+    Column("blob_key", String(512)),  # the exported file, kept in the blob store
+)
+
+order_exports = Table(
+    "order_exports",
+    metadata,
+    Column("batch_pk", Integer, ForeignKey("export_batches.pk", ondelete="CASCADE"), nullable=False),
+    Column("order_pk", Integer, ForeignKey("orders.pk", ondelete="CASCADE"), nullable=False, index=True),
+    PrimaryKeyConstraint("batch_pk", "order_pk"),
 )
 
 Index("ix_patients_patient_name_norm", patients.c.patient_name_norm)

@@ -1,0 +1,1 @@
+"""HL7 v2: order intake over MLLP and order messages for export."""
