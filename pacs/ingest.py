@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,9 @@ class IngestService:
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.temp_dir = temp_dir
+        # Called after each commit with the instances it newly indexed (order reconciliation).
+        # A listener's failure is logged: it must never turn a durable store into an error.
+        self.stored_listeners: list[Callable[[list[ParsedInstance]], None]] = []
         temp_dir.mkdir(parents=True, exist_ok=True)
 
     def temp_file(self) -> tuple[int, Path]:
@@ -235,6 +238,17 @@ class IngestService:
             if result.obsolete_blob_key:
                 self._discard(result.obsolete_blob_key)
             reports[i] = _report(path, item.parsed, outcome=result.outcome)
+        self._notify([item.parsed for (_, item, _), r in zip(written, results)
+                      if isinstance(r, CommitResult) and r.outcome is not Outcome.ALREADY_STORED])
+
+    def _notify(self, stored: list[ParsedInstance]) -> None:
+        if not stored:
+            return
+        for listener in self.stored_listeners:
+            try:
+                listener(stored)
+            except Exception:
+                log.exception("a stored-instance listener failed; the instances stay stored")
 
     def _discard(self, key: str) -> None:
         try:
