@@ -55,6 +55,11 @@ class Settings:
     dicom_tls_cert: str = ""  # PEM certificate chain; setting it (and the key) starts the TLS listener
     dicom_tls_key: str = ""
     dicom_tls_ca: str = ""  # PEM CA bundle: when set, TLS peers must present a certificate it signed
+    # HL7 v2 order intake over MLLP (worklist.hl7). MINIPACS_HL7_PORT=off disables the listener.
+    hl7_enabled: bool = True
+    hl7_port: int = 2575
+    hl7_host: str = ""  # empty: the HTTP host
+    hl7_max_message_bytes: int = 16 * 1024 * 1024  # larger frames are answered AE, never buffered
     http_tls_cert: str = ""  # PEM certificate chain: HTTPS instead of HTTP
     http_tls_key: str = ""
     auth: str = "on"
@@ -101,6 +106,10 @@ class Settings:
         return policy
 
     @property
+    def effective_hl7_host(self) -> str:
+        return self.hl7_host or self.http_host
+
+    @property
     def is_embedded(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
 
@@ -121,6 +130,8 @@ class Settings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
         known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        if str(raw.get("hl7_port", "")).strip().lower() == "off":  # MINIPACS_HL7_PORT=off: no listener
+            raw = {**{k: v for k, v in raw.items() if k != "hl7_port"}, "hl7_enabled": False}
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in raw.items():
@@ -185,7 +196,9 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MINIPACS_{name.upper()} must be at least 1")
-        for name in ("http_port", "dicom_port", "dicom_tls_port"):
+        if self.hl7_max_message_bytes < 1024:
+            raise ConfigError("MINIPACS_HL7_MAX_MESSAGE_BYTES must be at least 1024")
+        for name in ("http_port", "dicom_port", "dicom_tls_port", "hl7_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"MINIPACS_{name.upper()} must be a TCP port, not {port}")

@@ -5,7 +5,10 @@
     │   ├── InvalidDicom          not DICOM, truncated, or required UIDs missing/invalid
     │   ├── InvalidQuery          malformed search parameters
     │   ├── StudyMismatch         instance does not belong to the study named in the request
-    │   └── InstanceMismatch      the data set is not the instance the request announced
+    │   ├── InstanceMismatch      the data set is not the instance the request announced
+    │   ├── InvalidMessage        an HL7 v2 message we cannot read (encoding characters, segments)
+    │   │   └── MissingField      a field the message type requires is empty (e.g. PID-3)
+    │   └── UnsupportedMessage    an HL7 v2 message type, event or version we do not take
     ├── NotAuthenticated          no credential, or one we do not accept
     │   └── TooManyAttempts       too many failed logins for the account or the address
     ├── Forbidden                 the caller is known but may not do this
@@ -45,6 +48,20 @@ class StudyMismatch(InvalidInput):
 
 
 class InstanceMismatch(InvalidInput):
+    pass
+
+
+class InvalidMessage(InvalidInput):
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field  # where in the message, e.g. "PID-3"
+
+
+class MissingField(InvalidMessage):
+    pass
+
+
+class UnsupportedMessage(InvalidInput):
     pass
 
 
