@@ -102,7 +102,7 @@ class OrderRepository:
         """Insert an order with the next numbers of `year`, in one transaction with the counters."""
         try:
             with write_transaction(self.engine) as conn:
-                row = dict(values, order_number=f"ORD-{year}-{_next_number(conn, 'ORD', year):05d}")
+                row = dict(with_name_norms(values), order_number=f"ORD-{year}-{_next_number(conn, 'ORD', year):05d}")
                 if generate_accession:
                     row["accession_number"] = _free_accession(conn, year)
                 row.update(created_at=now, updated_at=now)
@@ -141,7 +141,7 @@ class OrderRepository:
         """Change fields, unless the order left `expected_status` meanwhile."""
         with write_transaction(self.engine) as conn:
             stmt = update(orders).where(orders.c.pk == pk, orders.c.status == expected_status)
-            if conn.execute(stmt.values(**values, updated_at=now)).rowcount == 0:
+            if conn.execute(stmt.values(**with_name_norms(values), updated_at=now)).rowcount == 0:
                 raise Conflict(f"order {pk} changed meanwhile; reload it and try again")
             return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
 
@@ -167,6 +167,16 @@ class OrderRepository:
                 StatusChange(r.from_status, r.to_status, r.changed_by, as_utc(r.changed_at), r.reason)
                 for r in conn.execute(stmt)
             ]
+
+
+_NORMED = ("patient_name", "performing_physician")
+
+
+def with_name_norms(values: dict[str, Any]) -> dict[str, Any]:
+    """The values plus upper-cased copies of the person names the worklist matches on
+    (case-insensitively, PS3.4 C.2.2.2.1), computed here as ingest does for studies."""
+    extra = {f"{name}_norm": (values[name] or "").upper() or None for name in _NORMED if name in values}
+    return {**values, **extra}
 
 
 def _next_number(conn: Connection, kind: str, year: int) -> int:

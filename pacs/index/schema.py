@@ -191,6 +191,7 @@ orders = Table(
     Column("patient_id", String(64), nullable=False, index=True),
     Column("issuer_of_patient_id", String(64), nullable=False, server_default=""),
     Column("patient_name", String(324), nullable=False),
+    Column("patient_name_norm", String(324), index=True),  # upper case: worklist names match case-insensitively
     Column("patient_birth_date", String(8)),
     Column("patient_sex", String(16)),
     Column("ordering_provider", String(324)),
@@ -214,6 +215,7 @@ orders = Table(
     Column("duration_minutes", Integer),
     Column("location", String(64)),
     Column("performing_physician", String(324)),
+    Column("performing_physician_norm", String(324)),  # upper case, as patient_name_norm
     Column("ordering_provider_user", String(128)),  # the provider account, when one has that name
     Column("placer_order_number", String(64), index=True),  # ORC-2 / OBR-2 of an HL7 order
     Column("filler_order_number", String(64)),
@@ -368,5 +370,6 @@ Index("ix_studies_referring_physician_name_norm", studies.c.referring_physician_
 Index("ix_studies_study_id", studies.c.study_id)
 Index("ix_series_modality_study_pk", series.c.modality, series.c.study_pk)
 Index("ix_instances_sop_class_uid", instances.c.sop_class_uid)
+Index("ix_orders_station_ae_title_scheduled_at", orders.c.station_ae_title, orders.c.scheduled_at)  # MWL by station and day
 
 TABLES = {Level.PATIENT: patients, Level.STUDY: studies, Level.SERIES: series, Level.INSTANCE: instances}
