@@ -30,7 +30,8 @@ SESSION_COOKIE = "minipacs_session"
 CSRF_COOKIE = "minipacs_csrf"
 CSRF_HEADER = "x-csrf-token"
 # Reachable without a credential: the health check, the login page and call, static assets.
-PUBLIC_PATHS = frozenset({"/health", "/login", "/api/login"})
+# /api/openapi.json describes the API (no patient data) for tools that fetch it without a credential.
+PUBLIC_PATHS = frozenset({"/health", "/login", "/api/login", "/api/openapi.json"})
 PUBLIC_PREFIXES = ("/static/",)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -46,6 +47,8 @@ AUDIT_ACTION: dict[Operation, Action] = {
     Operation.OWN_TOKENS: Action.ADMIN,
     Operation.READ_ORDERS: Action.READ,
     Operation.WRITE_ORDERS: Action.ORDER,
+    Operation.PERFORM_WORKITEMS: Action.ORDER,
+    Operation.EXPORT_ORDERS: Action.EXPORT,
 }
 
 Endpoint = Callable[[Request], Response | Awaitable[Response]]
@@ -236,6 +239,8 @@ def guarded(operation: Operation, endpoint: Endpoint) -> Endpoint:
         return response
 
     guard.__name__ = getattr(endpoint, "__name__", "endpoint")
+    guard.__doc__ = endpoint.__doc__
+    guard.operation = operation  # type: ignore[attr-defined]  # read by the OpenAPI description
     return guard
 
 

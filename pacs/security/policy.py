@@ -22,6 +22,8 @@ class Operation(StrEnum):
     OWN_TOKENS = "own-tokens"  # any signed-in user, for themselves
     READ_ORDERS = "read-orders"
     WRITE_ORDERS = "write-orders"  # create, change, move through the workflow, cancel
+    PERFORM_WORKITEMS = "perform-workitems"  # UPS-RS: claim, complete, cancel a procedure step
+    EXPORT_ORDERS = "export-orders"  # orders written to a file for another RIS: PHI leaves
 
 
 REQUIRED: dict[Operation, Permission | None] = {
@@ -36,6 +38,9 @@ REQUIRED: dict[Operation, Permission | None] = {
     Operation.OWN_TOKENS: None,
     Operation.READ_ORDERS: Permission.READ_ORDERS,
     Operation.WRITE_ORDERS: Permission.WRITE_ORDERS,
+    Operation.PERFORM_WORKITEMS: Permission.PERFORM_WORKITEMS,
+    # Exporting marks orders as exported: a change, for those who may change orders.
+    Operation.EXPORT_ORDERS: Permission.WRITE_ORDERS,
 }
 
 

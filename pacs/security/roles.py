@@ -30,17 +30,20 @@ class Permission(StrEnum):
     READ_AUDIT = "read-audit"
     READ_ORDERS = "read-orders"  # providers: only the orders they placed
     WRITE_ORDERS = "write-orders"
+    PERFORM_WORKITEMS = "perform-workitems"  # claim, complete or cancel a worklist step (UPS-RS)
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.RADIOLOGIST: frozenset({Permission.READ, Permission.READ_ORDERS}),
+    Role.RADIOLOGIST: frozenset({Permission.READ, Permission.READ_ORDERS, Permission.PERFORM_WORKITEMS}),
     Role.TECHNOLOGIST: frozenset(
-        {Permission.READ, Permission.STORE, Permission.DELETE, Permission.READ_ORDERS, Permission.WRITE_ORDERS}
+        {Permission.READ, Permission.STORE, Permission.DELETE, Permission.READ_ORDERS, Permission.WRITE_ORDERS,
+         Permission.PERFORM_WORKITEMS}
     ),
     Role.PROVIDER: frozenset({Permission.READ, Permission.READ_ORDERS}),
     Role.INTEGRATION: frozenset(
-        {Permission.READ, Permission.STORE, Permission.DELETE, Permission.READ_ORDERS, Permission.WRITE_ORDERS}
+        {Permission.READ, Permission.STORE, Permission.DELETE, Permission.READ_ORDERS, Permission.WRITE_ORDERS,
+         Permission.PERFORM_WORKITEMS}
     ),
 }
 
