@@ -55,6 +55,12 @@ class Settings:
     dicom_tls_cert: str = ""  # PEM certificate chain; setting it (and the key) starts the TLS listener
     dicom_tls_key: str = ""
     dicom_tls_ca: str = ""  # PEM CA bundle: when set, TLS peers must present a certificate it signed
+    # IANA time zone of the dates and times exchanged with modalities (worklist schedules, MPPS
+    # start and end: DICOM DA/TM values are local times); empty: the machine's own.
+    dicom_timezone: str = ""
+    # Linking a study to an order (at ingest or by staff) also rewrites the study's patient
+    # attributes (index and stored metadata) from the order. Off: images keep what the modality sent.
+    reconcile_patient: bool = False
     # HL7 v2 order intake over MLLP (worklist.hl7). MINIPACS_HL7_PORT=off disables the listener.
     hl7_enabled: bool = True
     hl7_port: int = 2575
@@ -175,6 +181,8 @@ class Settings:
         title = self.ae_title.strip()
         if not 1 <= len(title) <= 16 or not title.isascii() or not title.isprintable() or "\\" in title:
             raise ConfigError("MINIPACS_AE_TITLE must be 1 to 16 printable ASCII characters, without backslash")
+        if self.dicom_timezone:
+            _check_time_zone(self.dicom_timezone)
         if self.remote_aes:
             from pacs.errors import InvalidInput
             from pacs.index.remote_aes import parse_remote_aes
@@ -202,6 +210,15 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"MINIPACS_{name.upper()} must be a TCP port, not {port}")
+
+
+def _check_time_zone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"MINIPACS_DICOM_TIMEZONE: {name!r} is not a known time zone (e.g. Europe/Paris)") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
