@@ -188,7 +188,12 @@ class OrderService:
         # The provider account whose link is this normalised name, if any.
         self.provider_users = provider_users
 
-    def create(self, body: Mapping[str, Any], *, created_by: str) -> Order:
+    def create(
+        self, body: Mapping[str, Any], *, created_by: str, workitem_uid: str | None = None,
+        study_instance_uid: str | None = None,
+    ) -> Order:
+        """A new ORDERED order. `workitem_uid` and `study_instance_uid` are kept when another system
+        chose them (a UPS-RS client); otherwise they are generated."""
         values = validated_fields(body, CREATABLE)
         for required in ("patient_id", "patient_name", "modality"):
             if not values.get(required):
@@ -202,8 +207,9 @@ class OrderService:
             raise Conflict(f"accession number {values['accession_number']} is already used by another order")
         now = self.clock()
         values.update(
-            status=OrderStatus.ORDERED.value, study_instance_uid=values.get("study_instance_uid") or generate_uid(),
-            workitem_uid=generate_uid(), created_by=created_by,
+            status=OrderStatus.ORDERED.value,
+            study_instance_uid=study_instance_uid or values.get("study_instance_uid") or generate_uid(),
+            workitem_uid=workitem_uid or generate_uid(), created_by=created_by,
         )
         return self.repository.create(values, year=now.year, generate_accession=not external, now=now)
 
@@ -254,11 +260,19 @@ class OrderService:
         self._link_provider(values)
         return self.repository.update(pk, values, expected_status=order.status, now=self.clock())
 
-    def change_status(self, pk: int, status: str, *, changed_by: str, reason: str = "") -> Order:
+    def change_status(
+        self, pk: int, status: str, *, changed_by: str, reason: str = "", expected: str | None = None,
+        also: Mapping[str, Any] | None = None,
+    ) -> Order:
+        """Move the order through the workflow. With `expected`, only from that status (Conflict
+        otherwise); `also` are columns written in the same transaction (a UPS Transaction UID)."""
         order = self.repository.get(pk)
+        if expected is not None and order.status != expected:
+            raise Conflict(f"order {order.order_number} is {order.status}, no longer {expected}")
         target = check_transition(order.status, status)
         return self.repository.change_status(
-            pk, order.status, target.value, changed_by=changed_by, reason=reason[:1000], now=self.clock()
+            pk, order.status, target.value, changed_by=changed_by, reason=reason[:1000], now=self.clock(),
+            values=dict(also or {}),
         )
 
     def cancel(self, pk: int, *, changed_by: str, reason: str = "") -> Order:

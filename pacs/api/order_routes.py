@@ -56,7 +56,7 @@ async def create_order(request: Request) -> Response:
 
 def list_orders(request: Request) -> Response:
     """Filters: status, modality, priority, patient_id, ordering_provider, scheduled_from and
-    scheduled_to (inclusive dates), limit, offset."""
+    scheduled_to (inclusive dates), exported (true: exported at least once; false: not yet), limit, offset."""
     params = request.query_params
     values = validated_fields({k: params[k] for k in _FILTERS if params.get(k)}, _FILTERS)
     status = params.get("status")
@@ -64,6 +64,7 @@ def list_orders(request: Request) -> Response:
         _orders(request).reference.check_known_modality(values["modality"])
     low, high = scheduled_range(params.get("scheduled_from"), params.get("scheduled_to"))
     provider = params.get("ordering_provider")
+    exported = _exported(params.get("exported"))
     where = OrderFilter(
         status=parse_status(status).value if status else None,
         modality=values.get("modality"),
@@ -73,11 +74,21 @@ def list_orders(request: Request) -> Response:
         scheduled_from=low,
         scheduled_to=high,
         referred_by=_referred_by(request),
+        not_exported=exported is False,
+        exported=exported is True,
         limit=min(non_negative(params.get("limit"), 100), _MAX_LIMIT),
         offset=non_negative(params.get("offset"), 0),
     )
     request.state.audit["detail"] = {"query": dict(params)}
     return JSONResponse([order_json(o) for o in _orders(request).search(where)])
+
+
+def _exported(text: str | None) -> bool | None:
+    if text is None or text == "":
+        return None
+    if text.lower() not in ("true", "false"):
+        raise InvalidInput(f"exported must be true or false, not {text!r}")
+    return text.lower() == "true"
 
 
 def get_order(request: Request) -> Response:

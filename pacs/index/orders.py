@@ -87,6 +87,7 @@ class OrderFilter:
     study_instance_uid: str | None = None
     placer_order_number: str | None = None
     not_exported: bool = False
+    exported: bool = False  # only orders exported at least once
     limit: int = 100
     offset: int = 0
 
@@ -146,12 +147,13 @@ class OrderRepository:
             return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
 
     def change_status(
-        self, pk: int, from_status: str, to_status: str, *, changed_by: str, reason: str, now: datetime
+        self, pk: int, from_status: str, to_status: str, *, changed_by: str, reason: str, now: datetime,
+        values: dict[str, Any] | None = None,
     ) -> Order:
         """Move the order from `from_status` to `to_status` and record it; a concurrent change wins."""
         with write_transaction(self.engine) as conn:
             stmt = update(orders).where(orders.c.pk == pk, orders.c.status == from_status)
-            if conn.execute(stmt.values(status=to_status, updated_at=now)).rowcount == 0:
+            if conn.execute(stmt.values(**(values or {}), status=to_status, updated_at=now)).rowcount == 0:
                 raise Conflict(f"order {pk} is no longer {from_status}; reload it and try again")
             _record_change(conn, pk, from_status, to_status, changed_by, now, reason)
             return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
@@ -231,6 +233,8 @@ def _filtered(stmt: Select[Any], where: OrderFilter) -> Select[Any]:
         stmt = stmt.where(orders.c.status.in_(where.statuses))
     if where.not_exported:
         stmt = stmt.where(orders.c.exported_at.is_(None))
+    if where.exported:
+        stmt = stmt.where(orders.c.exported_at.isnot(None))
     if where.scheduled_from is not None:
         stmt = stmt.where(orders.c.scheduled_at >= where.scheduled_from)
     if where.scheduled_to is not None:
