@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +36,7 @@ from pacs.dicom.frames import (
     native_layout,
     read_element_header,
 )
+from pacs.dicom.fastheader import FastHeader, Unsupported, person_name_text, read_fast_header
 from pacs.errors import InvalidDicom
 
 log = logging.getLogger(__name__)
@@ -68,25 +71,91 @@ class ParsedInstance:
 def inspect_instance(path: Path) -> ParsedInstance:
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        ds, has_header = _read_header(fh)
-        read_to = _end_of_last_element(ds)  # before any value is converted
-        ts = _transfer_syntax(ds)
-        uids = _required_uids(ds)
-        parsed = ParsedInstance(
-            sop_class_uid=uids["sop_class_uid"],
-            sop_instance_uid=uids["sop_instance_uid"],
-            study_instance_uid=uids["study_instance_uid"],
-            series_instance_uid=uids["series_instance_uid"],
-            transfer_syntax_uid=ts,
-            attributes=extract_attributes(ds),
-            metadata={},
-            layout=None,
-            has_part10_header=has_header,
-        )
-        if ts != DeflatedExplicitVRLittleEndian:
-            _locate_pixels(fh, ds, ts, size, parsed, read_to)
+        if size >= 132:
+            try:
+                return _inspect_fast(fh, size)
+            except Unsupported:
+                fh.seek(0)
+        return _inspect_general(fh, size)
+
+
+def _inspect_fast(fh: BinaryIO, size: int) -> ParsedInstance:
+    """The common case, read straight from the bytes (pacs.dicom.fastheader); Unsupported
+    sends the object to the general reader, which also words every refusal."""
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        header = read_fast_header(buf, size, inline_limit=BULK_INLINE_LIMIT)
+    values = header.values
+    uids = {column: _fast_uid(values.get(tag)) for tag, column in _UID_TAGS.items()}
+    parsed = ParsedInstance(
+        **uids,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        attributes=_fast_attributes(header),
+        metadata={},
+        layout=None,
+    )
+    pixels = _PixelParams.of(lambda tag: values.get(tag))
+    if header.pixel_element_at is not None:
+        if "7FE00001" in header.bulk:
+            raise Unsupported("an extended offset table too large to keep inline")
+        fh.seek(header.pixel_element_at)
+        _locate_pixels(fh, pixels, header.transfer_syntax_uid, size, parsed, None)
+    metadata = header.json
+    base = instance_url(parsed)
+    for tag_hex, length in header.bulk.items():
+        metadata[tag_hex] = {"vr": header.vrs[int(tag_hex, 16)], "BulkDataURI": f"{base}/bulk/{tag_hex}"}
+    parsed.metadata = _finish_metadata(metadata, parsed, _int(values.get(0x00280100), 16))
+    return parsed
+
+
+_UID_TAGS = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid",
+             0x0020000D: "study_instance_uid", 0x0020000E: "series_instance_uid"}
+
+
+def _fast_uid(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 64 or not _UID.fullmatch(value):
+        raise Unsupported("a required UID is missing or malformed")  # the general reader words it
+    return value
+
+
+def _fast_attributes(header: FastHeader) -> dict[Level, dict[str, Any]]:
+    values: dict[Level, dict[str, Any]] = {level: {} for level in Level}
+    request = header.json.get("00400275", {}).get("Value") or [None]
+    for attr in CATALOGUE:
+        if attr.computed:
+            continue
+        if attr.parent:
+            item = request[0]
+            element = item.get(attr.tag_hex) if item else None
+            value = element.get("Value") if element else None
         else:
-            parsed.pixel_tag = _deflated_pixel_tag(fh)
+            value = header.values.get(attr.tag)
+            if attr.vr == "PN" and value:
+                value = person_name_text(value)
+        values[attr.level][attr.column] = column_value(value, attr.vr)
+    return values
+
+
+def _inspect_general(fh: BinaryIO, size: int) -> ParsedInstance:
+    ds, has_header = _read_header(fh)
+    read_to = _end_of_last_element(ds)  # before any value is converted
+    ts = _transfer_syntax(ds)
+    uids = _required_uids(ds)
+    parsed = ParsedInstance(
+        sop_class_uid=uids["sop_class_uid"],
+        sop_instance_uid=uids["sop_instance_uid"],
+        study_instance_uid=uids["study_instance_uid"],
+        series_instance_uid=uids["series_instance_uid"],
+        transfer_syntax_uid=ts,
+        attributes=extract_attributes(ds),
+        metadata={},
+        layout=None,
+        has_part10_header=has_header,
+    )
+    pixels = _PixelParams.of(lambda tag: _value_of(ds, tag))
+    if ts != DeflatedExplicitVRLittleEndian:
+        _locate_pixels(fh, pixels, ts, size, parsed, read_to)
+    else:
+        parsed.pixel_tag = _deflated_pixel_tag(fh)
     parsed.metadata = build_metadata(ds, parsed)
     return parsed
 
@@ -126,6 +195,13 @@ def _check_complete(ds: Dataset) -> None:
         if isinstance(element.value, pydicom.Sequence):
             for item in element.value:
                 _check_complete(item)
+
+
+def _value_of(ds: Dataset, tag: int) -> Any:
+    try:
+        return ds[tag].value if tag in ds else None
+    except Exception:
+        return None  # a damaged optional attribute counts as absent
 
 
 def _transfer_syntax(ds: Dataset) -> str:
@@ -188,6 +264,11 @@ def _column_value(ds: Dataset, keyword: str, vr: str) -> Any:
         value = ds.get(keyword)
     except Exception:
         return None  # a damaged optional attribute must not reject the whole object
+    return column_value(value, vr)
+
+
+def column_value(value: Any, vr: str) -> Any:
+    """An attribute's value as its index column keeps it."""
     if value is None or value == "":
         return None
     if vr in INTEGER_VRS:
@@ -195,7 +276,7 @@ def _column_value(ds: Dataset, keyword: str, vr: str) -> Any:
             return int(value if not isinstance(value, (list, tuple)) else value[0])
         except (TypeError, ValueError):
             return None
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, (list, pydicom.multival.MultiValue)):
         value = "\\".join(str(v) for v in value)
     text = str(value).strip().rstrip("\x00")
     if vr == "TM":
@@ -205,8 +286,28 @@ def _column_value(ds: Dataset, keyword: str, vr: str) -> Any:
     return text or None
 
 
+@dataclass(frozen=True)
+class _PixelParams:
+    """What locating the frames needs from the header."""
+
+    frames: int
+    rows: int
+    columns: int
+    samples: int
+    bits_allocated: int
+    extended_offsets: list[int] | None
+
+    @classmethod
+    def of(cls, get: Callable[[int], Any]) -> _PixelParams:
+        return cls(
+            frames=_int(get(0x00280008), 1), rows=_int(get(0x00280010), 0), columns=_int(get(0x00280011), 0),
+            samples=_int(get(0x00280002), 1), bits_allocated=_int(get(0x00280100), 0),
+            extended_offsets=_extended_offsets(get(0x7FE00001)),
+        )
+
+
 def _locate_pixels(
-    fh: BinaryIO, ds: Dataset, ts: str, size: int, parsed: ParsedInstance, read_to: int | None
+    fh: BinaryIO, pixels: _PixelParams, ts: str, size: int, parsed: ParsedInstance, read_to: int | None
 ) -> None:
     """The file is positioned just before the pixel data element, if there is one."""
     start = fh.tell()
@@ -221,12 +322,11 @@ def _locate_pixels(
         raise InvalidDicom("file is truncated inside the pixel data header") from None
     if tag not in PIXEL_TAGS:
         return
-    frames = _int(ds.get("NumberOfFrames"), 1)
     parsed.pixel_tag = tag
     if length == 0xFFFFFFFF:
         try:
             parsed.layout = encapsulated_layout(
-                fh, frames=frames, little=little, extended_offsets=_extended_offsets(ds)
+                fh, frames=pixels.frames, little=little, extended_offsets=pixels.extended_offsets
             )
         except LayoutError as exc:
             raise InvalidDicom(f"damaged encapsulated pixel data: {exc}") from exc
@@ -235,12 +335,10 @@ def _locate_pixels(
     if value_at + length > size:
         raise InvalidDicom(f"file is truncated: pixel data needs {length} bytes, {size - value_at} present")
     parsed.pixel_offset, parsed.pixel_length = value_at, length
-    bits = 32 if tag == 0x7FE00008 else 64 if tag == 0x7FE00009 else _int(ds.get("BitsAllocated"), 0)
+    bits = 32 if tag == 0x7FE00008 else 64 if tag == 0x7FE00009 else pixels.bits_allocated
     parsed.layout = native_layout(
-        value_at, length,
-        rows=_int(ds.get("Rows"), 0), columns=_int(ds.get("Columns"), 0),
-        samples=_int(ds.get("SamplesPerPixel"), 1), bits_allocated=bits,
-        frames=frames, little=little,
+        value_at, length, rows=pixels.rows, columns=pixels.columns, samples=pixels.samples,
+        bits_allocated=bits, frames=pixels.frames, little=little,
     )
 
 
@@ -280,11 +378,10 @@ def _check_tail(fh: BinaryIO, read_to: int | None, size: int, *, little: bool) -
         raise InvalidDicom("file is truncated inside the pixel data header")
 
 
-def _extended_offsets(ds: Dataset) -> list[int] | None:
-    raw = ds.get("ExtendedOffsetTable")
+def _extended_offsets(raw: Any) -> list[int] | None:
     if not raw:
         return None
-    data = bytes(raw)
+    data = bytes(getattr(raw, "value", raw))
     return [int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data) - 7, 8)]
 
 
@@ -305,14 +402,17 @@ def build_metadata(ds: Dataset, parsed: ParsedInstance) -> dict[str, Any]:
         if inline and len(inline) > BULK_INLINE_LIMIT:
             del element["InlineBinary"]
             element["BulkDataURI"] = f"{base}/bulk/{tag}"
+    return _finish_metadata(metadata, parsed, _int(ds.get("BitsAllocated"), 16))
+
+
+def _finish_metadata(metadata: dict[str, Any], parsed: ParsedInstance, bits_allocated: int) -> dict[str, Any]:
+    """Add the transfer syntax and the pixel data's BulkDataURI; sort by tag."""
     metadata["00083002"] = {"vr": "UI", "Value": [parsed.transfer_syntax_uid]}
     if parsed.pixel_tag is not None:
         encapsulated = parsed.layout is not None and parsed.layout["kind"] == "encapsulated"
-        vr = _PIXEL_VR.get(parsed.pixel_tag) or (
-            "OB" if encapsulated or _int(ds.get("BitsAllocated"), 16) <= 8 else "OW"
-        )
+        vr = _PIXEL_VR.get(parsed.pixel_tag) or ("OB" if encapsulated or bits_allocated <= 8 else "OW")
         tag_hex = f"{parsed.pixel_tag:08X}"
-        metadata[tag_hex] = {"vr": vr, "BulkDataURI": f"{base}/bulk/{tag_hex}"}
+        metadata[tag_hex] = {"vr": vr, "BulkDataURI": f"{instance_url(parsed)}/bulk/{tag_hex}"}
     return dict(sorted(metadata.items()))
 
 
