@@ -8,7 +8,10 @@
     │   ├── InstanceMismatch      the data set is not the instance the request announced
     │   ├── InvalidMessage        an HL7 v2 message we cannot read (encoding characters, segments)
     │   │   └── MissingField      a field the message type requires is empty (e.g. PID-3)
-    │   └── UnsupportedMessage    an HL7 v2 message type, event or version we do not take
+    │   ├── UnsupportedMessage    an HL7 v2 message type, event or version we do not take
+    │   ├── MissingAttribute      a DICOM attribute the operation requires is absent
+    │   │   └── MissingAttributeValue   ... or present without a value
+    │   └── InvalidAttributeValue a DICOM attribute holds a value the operation does not allow
     ├── NotAuthenticated          no credential, or one we do not accept
     │   └── TooManyAttempts       too many failed logins for the account or the address
     ├── Forbidden                 the caller is known but may not do this
@@ -62,6 +65,18 @@ class MissingField(InvalidMessage):
 
 
 class UnsupportedMessage(InvalidInput):
+    pass
+
+
+class MissingAttribute(InvalidInput):
+    pass
+
+
+class MissingAttributeValue(MissingAttribute):
+    pass
+
+
+class InvalidAttributeValue(InvalidInput):
     pass
 
 

@@ -95,6 +95,11 @@ def condition_sql(condition: Condition) -> ColumnElement[bool]:
     return _match(column, condition, attr)
 
 
+def column_matches(column: Any, condition: Condition) -> ColumnElement[bool]:
+    """`condition` on any column, by the same rules (the worklist matches order columns)."""
+    return _match(column, condition, condition.attribute)
+
+
 def _match(column: Any, condition: Condition, attr: Attribute) -> ColumnElement[bool]:
     values = condition.values
     if attr.vr == "PN":
