@@ -1,0 +1,33 @@
+"""A patient's orders as a whole: moving them to another patient ID when two patient records
+are merged (HL7 ADT^A40). The rules (what is checked first) live in worklist.hl7.intake."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, or_, select, update
+
+from pacs.index.database import write_transaction
+from pacs.index.schema import orders
+
+
+class PatientOrderRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def reassign(self, prior: tuple[str, str], values: dict[str, Any], *, now: datetime) -> list[str]:
+        """Give every order of the prior patient (ID, issuer) the new patient's `values`
+        (patient_id, issuer_of_patient_id and demographics), open and closed alike: the prior
+        ID no longer names anyone. An empty issuer on either side matches any. The order
+        numbers moved, in one transaction."""
+        prior_id, prior_issuer = prior
+        where = [orders.c.patient_id == prior_id]
+        if prior_issuer:
+            where.append(or_(orders.c.issuer_of_patient_id == prior_issuer, orders.c.issuer_of_patient_id == ""))
+        with write_transaction(self.engine) as conn:
+            found = conn.execute(select(orders.c.pk, orders.c.order_number).where(*where).order_by(orders.c.pk)).all()
+            if found:
+                pks = [row.pk for row in found]
+                conn.execute(update(orders).where(orders.c.pk.in_(pks)).values(**values, updated_at=now))
+            return [row.order_number for row in found]
