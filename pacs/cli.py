@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
     from pacs.dimse.server import DicomServer
     from pacs.index.remote_aes import RemoteAERepository
+    from pacs.services import Services
+    from worklist.hl7.listener import Hl7Listener
 
 log = logging.getLogger("minipacs")
 
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
     serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
     serve.add_argument("--no-dicom", action="store_true", help="do not start the DICOM listener")
+    serve.add_argument("--hl7-port", type=int, help="HL7 v2 (MLLP) port (default 2575)")
+    serve.add_argument("--no-hl7", action="store_true", help="do not start the HL7 listener")
     serve.set_defaults(handler=cmd_serve)
 
     imp = commands.add_parser("import", help="import DICOM files and folders (recursively)")
@@ -113,10 +117,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     options = (("http_host", args.host), ("http_port", args.port), ("http_workers", args.workers),
-               ("dicom_port", args.dicom_port))
+               ("dicom_port", args.dicom_port), ("hl7_port", args.hl7_port))
     changes: dict[str, object] = {k: v for k, v in options if v is not None}
     if args.no_dicom:
         changes["dicom_enabled"] = False
+    if args.no_hl7:
+        changes["hl7_enabled"] = False
     settings = settings.replace(**changes) if changes else settings
     from pacs import tls
     from pacs.index.database import open_engine
@@ -135,7 +141,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     dicom = _start_dicom(settings)
-    _announce(settings, dicom_port=dicom.port if dicom else None, dicom_tls_port=dicom.tls_port if dicom else None)
+    try:
+        hl7 = _start_hl7(settings, dicom.services if dicom else None)
+    except OSError as exc:
+        print(f"minipacs: cannot listen for HL7 on {settings.effective_hl7_host}:{settings.hl7_port}: {exc}",
+              file=sys.stderr)
+        _stop_listeners(dicom, None)
+        return 2
+    _announce(settings, dicom_port=dicom.port if dicom else None, dicom_tls_port=dicom.tls_port if dicom else None,
+              hl7_port=hl7.port if hl7 else None)
     _announce_security(settings, first_admin_password)
     # uvicorn drains HTTP on SIGTERM, then re-raises the signal with the handler that was in
     # place before it started: make that one a clean exit, so the DICOM listener is stopped too.
@@ -155,10 +169,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             ssl_keyfile=settings.http_tls_key or None,
         )
     finally:
-        if dicom is not None:
-            dicom.stop()
-            dicom.services.close()
+        _stop_listeners(dicom, hl7)
     return 0
+
+
+def _stop_listeners(dicom: DicomServer | None, hl7: Hl7Listener | None) -> None:
+    if hl7 is not None:
+        hl7.stop()
+        if dicom is None:
+            hl7.services.close()
+    if dicom is not None:
+        dicom.stop()
+        dicom.services.close()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -177,7 +199,26 @@ def _start_dicom(settings: Settings) -> DicomServer | None:
     return server
 
 
-def _announce(settings: Settings, *, dicom_port: int | None, dicom_tls_port: int | None = None) -> None:
+def _start_hl7(settings: Settings, services: Services | None) -> Hl7Listener | None:
+    """The HL7 (MLLP) listener, in this process too; it shares the DICOM listener's services."""
+    if not settings.hl7_enabled:
+        return None
+    from pacs.services import Services
+    from worklist.hl7.listener import Hl7Listener
+
+    owned = services is None
+    listener = Hl7Listener(settings, services or Services.build(settings, migrate=False))
+    try:
+        listener.start()
+    except OSError:
+        if owned:
+            listener.services.close()
+        raise
+    return listener
+
+
+def _announce(settings: Settings, *, dicom_port: int | None, dicom_tls_port: int | None = None,
+              hl7_port: int | None = None) -> None:
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     root = f"{'https' if settings.http_tls_cert else 'http'}://{host}:{settings.http_port}"
     print("minipacs is starting", flush=True)
@@ -188,6 +229,9 @@ def _announce(settings: Settings, *, dicom_port: int | None, dicom_tls_port: int
         print(f"  DICOM:     {settings.ae_title} on {settings.dicom_host}:{dicom_port}   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)", flush=True)
     if dicom_tls_port is not None:
         print(f"  DICOM TLS: {settings.ae_title} on {settings.dicom_host}:{dicom_tls_port}", flush=True)
+    if hl7_port is not None:
+        print(f"  HL7 v2:    MLLP on {settings.effective_hl7_host}:{hl7_port}   (ORM^O01, OMI^O23, SIU^S12-S15, "
+              "ADT^A08, ADT^A40)", flush=True)
     print(f"  Index:     {_redact(settings.effective_database_url)}", flush=True)
     print(f"  Storage:   {settings.effective_storage_url}", flush=True)
 
