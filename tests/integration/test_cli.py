@@ -314,8 +314,9 @@ def test_import_with_nothing_importable_fails(tmp_path: Path, data_env: dict[str
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[str], log: Path, port: int, dicom_port: int) -> None:
+    def __init__(self, process: subprocess.Popen[str], log: Path, port: int, dicom_port: int, hl7_port: int) -> None:
         self.process, self.log, self.port, self.dicom_port = process, log, port, dicom_port
+        self.hl7_port = hl7_port
 
     def output(self) -> str:
         return self.log.read_text()
@@ -326,14 +327,14 @@ def server(tmp_path: Path, data_env: dict[str, str]) -> Iterator[Server]:
     port = free_port()
     log = tmp_path / "serve.log"
     # The DICOM listener gets a free port too: 11112 may be taken on a shared machine.
-    dicom_port = free_port()
-    env = {**data_env, "MINIPACS_DICOM_PORT": str(dicom_port)}
+    dicom_port, hl7_port = free_port(), free_port()
+    env = {**data_env, "MINIPACS_DICOM_PORT": str(dicom_port), "MINIPACS_HL7_PORT": str(hl7_port)}
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "pacs.cli", "serve", "--port", str(port)],
             env=_environment(env), stdout=out, stderr=subprocess.STDOUT, text=True,
         )
-    running = Server(process, log, port, dicom_port)
+    running = Server(process, log, port, dicom_port, hl7_port)
     try:
         deadline = time.monotonic() + 30
         while "DICOMweb:" not in running.output() or not _answers(port):
@@ -366,6 +367,8 @@ def test_serve_answers_and_stops_cleanly(server: Server, stop: signal.Signals, t
     assert f"DICOMweb:  {root}/dicom-web" in server.output()
     assert f"MINIPACS on 127.0.0.1:{server.dicom_port}" in server.output()
     assert _listening(server.dicom_port)
+    assert f"HL7 v2:    MLLP on 127.0.0.1:{server.hl7_port}" in server.output()
+    assert _listening(server.hl7_port)
     assert httpx.get(f"{root}/health").json() == {"status": "ok"}
     # Secure by default: nothing without a credential; the first administrator's password is
     # printed once at the first start.
@@ -391,6 +394,7 @@ def test_serve_answers_and_stops_cleanly(server: Server, stop: signal.Signals, t
     assert "Traceback" not in output
     assert not _answers(server.port)
     assert not _listening(server.dicom_port)
+    assert not _listening(server.hl7_port)
 
 
 def _listening(port: int) -> bool:
@@ -409,7 +413,7 @@ def _one_instance_body() -> tuple[bytes, str]:
 
 def test_serve_refuses_a_busy_port(tmp_path: Path, data_env: dict[str, str], server: Server) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pacs.cli", "serve", "--port", str(server.port), "--no-dicom"],
+        [sys.executable, "-m", "pacs.cli", "serve", "--port", str(server.port), "--no-dicom", "--no-hl7"],
         env=_environment({"MINIPACS_DATA_DIR": str(tmp_path / "second")}), capture_output=True, text=True, timeout=30,
     )
     assert result.returncode != 0

@@ -95,6 +95,7 @@ def test_serve_answers_echoscu_and_stops_on_sigterm(env: dict[str, str], tmp_pat
         process = subprocess.Popen(
             [sys.executable, "-m", "pacs.cli", "serve"],
             env={**env, "MINIPACS_HTTP_PORT": str(http_port), "MINIPACS_DICOM_PORT": str(dicom_port),
+                 "MINIPACS_HL7_PORT": "off",
                  "MINIPACS_AE_TITLE": "TESTPACS"},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -35,7 +35,7 @@ from tests.support.factories import make_ct, stow_body
 from tests.support.server import running_server
 
 PASSWORD = "correct-horse-battery"
-NO_DICOM = {"MINIPACS_DICOM_ENABLED": "off"}  # these servers need no DICOM port
+NO_DICOM = {"MINIPACS_DICOM_ENABLED": "off", "MINIPACS_HL7_PORT": "off"}  # these servers need no DICOM port
 DICOM_JSON = {"Accept": "application/dicom+json"}
 
 

@@ -708,7 +708,7 @@ def _server(data_dir: Path) -> Iterator[tuple[str, int, dict[str, str]]]:
     port = free_port()
     env = {**os.environ, "MINIPACS_DATA_DIR": str(data_dir), "MINIPACS_HTTP_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pacs.cli", "serve", "--no-dicom"], env=env,
+        [sys.executable, "-m", "pacs.cli", "serve", "--no-dicom", "--no-hl7"], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     root = f"http://127.0.0.1:{port}"

@@ -59,7 +59,10 @@ def running_server(
     """Start `minipacs serve` on a free port; yield its base URL; stop it with SIGTERM. With
     MINIPACS_HTTP_TLS_CERT in `extra_env` the URL is https://, checked with `verify`."""
     port = free_port()
-    env = {**os.environ, **settings_env(settings), "MINIPACS_HTTP_PORT": str(port), **(extra_env or {})}
+    env = {
+        **os.environ, **settings_env(settings), "MINIPACS_HTTP_PORT": str(port), "MINIPACS_HL7_PORT": "off",
+        **(extra_env or {}),
+    }
     log = open(log_path or settings.data_dir.parent / "server.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "pacs.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
