@@ -47,8 +47,11 @@ AUDIT_ACTION: dict[Operation, Action] = {
     Operation.OWN_TOKENS: Action.ADMIN,
     Operation.READ_ORDERS: Action.READ,
     Operation.WRITE_ORDERS: Action.ORDER,
+    Operation.REVIEW_RECONCILIATION: Action.SEARCH,
+    Operation.RECONCILE: Action.ORDER,
     Operation.PERFORM_WORKITEMS: Action.ORDER,
     Operation.EXPORT_ORDERS: Action.EXPORT,
+    Operation.READ_HL7_LOG: Action.READ,
 }
 
 Endpoint = Callable[[Request], Response | Awaitable[Response]]

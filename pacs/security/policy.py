@@ -22,8 +22,11 @@ class Operation(StrEnum):
     OWN_TOKENS = "own-tokens"  # any signed-in user, for themselves
     READ_ORDERS = "read-orders"
     WRITE_ORDERS = "write-orders"  # create, change, move through the workflow, cancel
+    REVIEW_RECONCILIATION = "review-reconciliation"  # unmatched studies, unlinked performed steps
+    RECONCILE = "reconcile"  # link a study to an order, unlink it, dismiss it
     PERFORM_WORKITEMS = "perform-workitems"  # UPS-RS: claim, complete, cancel a procedure step
     EXPORT_ORDERS = "export-orders"  # orders written to a file for another RIS: PHI leaves
+    READ_HL7_LOG = "read-hl7-log"  # HL7 messages received, raw: admins, for troubleshooting
 
 
 REQUIRED: dict[Operation, Permission | None] = {
@@ -38,9 +41,14 @@ REQUIRED: dict[Operation, Permission | None] = {
     Operation.OWN_TOKENS: None,
     Operation.READ_ORDERS: Permission.READ_ORDERS,
     Operation.WRITE_ORDERS: Permission.WRITE_ORDERS,
+    # Reconciliation is order desk work, and its lists show studies of every patient.
+    Operation.REVIEW_RECONCILIATION: Permission.WRITE_ORDERS,
+    Operation.RECONCILE: Permission.WRITE_ORDERS,
     Operation.PERFORM_WORKITEMS: Permission.PERFORM_WORKITEMS,
     # Exporting marks orders as exported: a change, for those who may change orders.
     Operation.EXPORT_ORDERS: Permission.WRITE_ORDERS,
+    # Raw messages hold every patient of every sender: like the audit trail, for admins only.
+    Operation.READ_HL7_LOG: Permission.READ_AUDIT,
 }
 
 

@@ -193,3 +193,17 @@ def codec_of(header: Header) -> str:
     """The codec the answer is written in: the message's own (2.9.2: answer as asked)."""
     codec = CHARACTER_SETS.get(header.character_set, "utf-8")
     return codecs.lookup(codec).name
+
+
+def patient_id_of(text: str) -> str | None:
+    """PID-3's first identifier, read loosely from a logged message (for audit records)."""
+    try:
+        header = read_header(text[:65536].encode("latin-1", errors="replace"))
+    except InvalidMessage:
+        return None
+    for segment in re.split(r"[\r\n]+", text):
+        if segment.startswith("PID" + header.field_separator):
+            fields = segment.split(header.field_separator)
+            identifier = fields[3].split(header.encoding_characters[1])[0] if len(fields) > 3 else ""
+            return identifier.split(header.component_separator)[0][:64] or None
+    return None
