@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dicomweb import qido, stow, wado
+from dicomweb import qido, stow, ups, wado
 from dicomweb import wado_uri as wado_uri_module
 from dicomweb.media import parse_accept
 from dicomweb.rendered import parse_render_params, render_instance, render_many
@@ -157,6 +157,7 @@ TABLE: list[tuple[str, str, Operation, Endpoint]] = [
     (INSTANCE + "/frames/{frames}/rendered", "GET", Operation.READ, rendered_frame),
     *[(path + "/thumbnail", "GET", Operation.READ, thumbnail) for path in (STUDY, SERIES, INSTANCE)],
     (INSTANCE + "/frames/{frames}/thumbnail", "GET", Operation.READ, thumbnail),
+    *ups.TABLE,  # UPS-RS, the worklist (PS3.18 11)
 ]
 
 # WADO-URI lives outside /dicom-web, at /wado (PS3.18 9).
