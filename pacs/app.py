@@ -18,7 +18,9 @@ from dicomweb.errors import EXCEPTION_HANDLERS
 from dicomweb.routes import ROUTES as DICOMWEB_ROUTES
 from dicomweb.routes import WADO_URI_ROUTES
 from pacs.api.admin_routes import ROUTES as ADMIN_ROUTES
+from pacs.api.export_routes import ROUTES as EXPORT_ROUTES
 from pacs.api.hl7_routes import ROUTES as HL7_ROUTES
+from pacs.api.openapi import ROUTES as OPENAPI_ROUTES
 from pacs.api.order_routes import ROUTES as ORDER_ROUTES
 from pacs.api.session_routes import ROUTES as SESSION_ROUTES
 from pacs.config import Settings
@@ -67,6 +69,8 @@ def build_app(settings: Settings, services: Services | None = None, *, migrate: 
         *SESSION_ROUTES,
         *ADMIN_ROUTES,
         *ORDER_ROUTES,
+        *EXPORT_ROUTES,
+        *OPENAPI_ROUTES,
         *HL7_ROUTES,
         Mount("/dicom-web", routes=DICOMWEB_ROUTES),
         *WADO_URI_ROUTES,

@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     viewer_install.set_defaults(handler=cmd_viewer_install)
 
     from pacs.admin_cli import add_commands
+    from pacs.order_cli import add_commands as add_order_commands
 
     add_commands(commands)
+    add_order_commands(commands)
 
     # Handled before parsing (see main); listed here for --help.
     commands.add_parser("bench", help="run the benchmarks: minipacs bench --help (see benchmarks/README.md)")
