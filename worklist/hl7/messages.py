@@ -132,6 +132,8 @@ def check_header(header: Header) -> None:
             raise InvalidMessage(f"{name} is longer than {APPLICATION_LIMIT} characters", name)
     if not header.message_code or not header.trigger_event:
         raise MissingField("MSH-9 (message type) needs a message code and a trigger event, e.g. ORM^O01", "MSH-9")
+    if not header.version:
+        raise MissingField("MSH-12 (version ID) is empty", "MSH-12")
     if not _VERSION.fullmatch(header.version):
         raise UnsupportedMessage(f"MSH-12 version {header.version!r} is not an HL7 v2 version (2.1 to 2.9)")
 
