@@ -102,12 +102,18 @@ class IndexRepository:
         return results
 
     def _commit_one(self, conn: Connection, item: NewInstance, policy: str) -> CommitResult:
-        parsed = item.parsed
-        existing = conn.execute(_EXISTING_BY_UID, {"sop_uid": parsed.sop_instance_uid}).first()
-        if existing is not None:
-            return self._duplicate(conn, item, policy, existing)
-        series_pk = self._series_pk(conn, parsed)
-        conn.execute(instances.insert().values(fit_columns(instances, {"series_pk": series_pk, **_instance_values(item)})))
+        series_pk = self._series_pk(conn, item.parsed)
+        # One statement settles the common case: a new instance is inserted, a copy we hold
+        # inserts nothing and goes on to the duplicate policy.
+        stmt = _INSERT_NEW_INSTANCE[conn.dialect.name]
+        inserted = conn.execute(stmt, fit_columns(instances, {"series_pk": series_pk, **_instance_values(item)})).first()
+        if inserted is None:
+            try:
+                return self._duplicate(conn, item, policy)
+            except (DuplicateInstance, StudyMismatch):
+                # A refused copy may have named a new series: leave no empty rows behind.
+                _delete_empty_ancestors(conn, series_pk)
+                raise
         return CommitResult(Outcome.STORED)
 
     def _duplicate(self, conn: Connection, item: NewInstance, policy: str, existing: Any = None) -> CommitResult:
@@ -370,6 +376,14 @@ _FIND_SERIES = (
     .join(studies, series.c.study_pk == studies.c.pk)
     .where(series.c.series_instance_uid == bindparam("series_uid"))
 )
+
+
+_INSERT_NEW_INSTANCE = {
+    dialect.dialect.name: dialect.insert(instances)
+    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    .returning(instances.c.pk)
+    for dialect in (sqlite, postgresql)
+}
 
 
 def _find_series(conn: Connection, series_uid: str) -> Any:
