@@ -10,7 +10,7 @@ from pacs.index.orders import Order
 from worklist.orders import CREATABLE, EDITABLE, PRIORITIES, OrderStatus
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
-_TYPES = {
+_TYPES: dict[str, dict[str, Any]] = {
     "str": {"type": "string"}, "str | None": _NULLABLE_STRING, "int": {"type": "integer"},
     "int | None": {"type": ["integer", "null"]}, "bool": {"type": "boolean"},
     "datetime": {"type": "string", "format": "date-time"},

@@ -65,8 +65,8 @@ class ExportRepository:
                 stmt = stmt.where(orders.c.exported_at.is_(None))
             if conn.execute(stmt.values(exported_at=now)).rowcount != len(pks):
                 raise Conflict("some of these orders were exported meanwhile; ask again")
-            values = dict(created_at=now, created_by=created_by, format=format, destination=destination,
-                          order_count=len(pks), blob_key=blob_key)
+            values = {"created_at": now, "created_by": created_by, "format": format, "destination": destination,
+                          "order_count": len(pks), "blob_key": blob_key}
             pk = conn.execute(export_batches.insert().values(**values).returning(export_batches.c.pk)).scalar_one()
             conn.execute(order_exports.insert(), [{"batch_pk": pk, "order_pk": order_pk} for order_pk in pks])
             return _batch_with_orders(conn, pk)
