@@ -22,6 +22,7 @@ from pacs.api.export_routes import ROUTES as EXPORT_ROUTES
 from pacs.api.hl7_routes import ROUTES as HL7_ROUTES
 from pacs.api.openapi import ROUTES as OPENAPI_ROUTES
 from pacs.api.order_routes import ROUTES as ORDER_ROUTES
+from pacs.api.reconcile_routes import ROUTES as RECONCILE_ROUTES
 from pacs.api.session_routes import ROUTES as SESSION_ROUTES
 from pacs.config import Settings
 from pacs.security.http import AuthenticationMiddleware
@@ -71,6 +72,7 @@ def build_app(settings: Settings, services: Services | None = None, *, migrate: 
         *ORDER_ROUTES,
         *EXPORT_ROUTES,
         *OPENAPI_ROUTES,
+        *RECONCILE_ROUTES,
         *HL7_ROUTES,
         Mount("/dicom-web", routes=DICOMWEB_ROUTES),
         *WADO_URI_ROUTES,

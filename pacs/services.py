@@ -14,9 +14,12 @@ from pacs.index.audit import AuditRepository
 from pacs.index.database import open_engine
 from pacs.index.migrate import upgrade_database
 from pacs.index.orders import OrderRepository
+from pacs.index.performed_steps import PerformedStepRepository
 from pacs.index.reference import ReferenceRepository
 from pacs.index.remote_aes import RemoteAERepository, parse_remote_aes
 from pacs.index.repository import IndexRepository
+from pacs.index.study_links import StudyLinkRepository
+from pacs.index.worklist import WorklistRepository
 from pacs.ingest import IngestService
 from pacs.pixels.service import PixelService
 from pacs.retrieve import RetrieveService
@@ -24,7 +27,11 @@ from pacs.security.accounts import AccountService
 from pacs.security.authn import Authenticator
 from storage import open_blob_store
 from storage.base import BlobStore
+from worklist.dicom_time import dicom_zone
+from worklist.mpps import MppsService
+from worklist.mwl import WorklistService
 from worklist.orders import OrderService
+from worklist.reconcile import Reconciler
 from worklist.reference import ReferenceData
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,9 @@ class Services:
     audit: AuditTrail
     pixels: PixelService
     orders: OrderService
+    worklist: WorklistService
+    performed_steps: MppsService
+    reconciler: Reconciler
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -71,13 +81,19 @@ class Services:
             AuditRepository(engine), retention_days=settings.audit_retention_days, syslog_url=settings.audit_syslog
         )
         retrieve = RetrieveService(index, blobs)
+        orders = OrderService(
+            OrderRepository(engine), reference=ReferenceData(ReferenceRepository(engine)),
+            provider_users=account_repository.provider_username,
+        )
+        zone = dicom_zone(settings.dicom_timezone)
+        reconciler = Reconciler(StudyLinkRepository(engine), orders, correct_patient=settings.reconcile_patient)
+        ingest.stored_listeners.append(reconciler.on_stored)
         return cls(
             settings, engine, index, blobs, ingest, retrieve, remote_aes, accounts, authenticator, audit,
-            PixelService(retrieve),
-            OrderService(
-                OrderRepository(engine), reference=ReferenceData(ReferenceRepository(engine)),
-                provider_users=account_repository.provider_username,
-            ),
+            PixelService(retrieve), orders,
+            worklist=WorklistService(WorklistRepository(engine), zone),
+            performed_steps=MppsService(PerformedStepRepository(engine), orders, zone),
+            reconciler=reconciler,
         )
 
     def close(self) -> None:

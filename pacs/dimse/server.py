@@ -13,6 +13,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -27,7 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import tls
 from pacs.config import Settings
-from pacs.dimse import handlers
+from pacs.dimse import handlers, worklist
 from pacs.services import Services
 
 log = logging.getLogger("pacs.dimse")
@@ -69,6 +71,8 @@ def build_ae(settings: Settings) -> AE:
         StudyRootQueryRetrieveInformationModelFind,
         StudyRootQueryRetrieveInformationModelMove,
         StudyRootQueryRetrieveInformationModelGet,
+        ModalityWorklistInformationFind,  # PS3.4 K
+        ModalityPerformedProcedureStep,  # PS3.4 F.7, N-CREATE / N-SET
     ):
         ae.add_supported_context(model)
     return ae
@@ -86,9 +90,11 @@ def handler_table(services: Services, allowlist: AllowList | None) -> list[Any]:
         (evt.EVT_ABORTED, handlers.log_association),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [services]),
-        (evt.EVT_C_FIND, handlers.handle_find, [services]),
+        (evt.EVT_C_FIND, worklist.handle_find, [services]),  # the worklist's, else handlers.handle_find
         (evt.EVT_C_MOVE, handlers.handle_move, [services]),
         (evt.EVT_C_GET, handlers.handle_get, [services]),
+        (evt.EVT_N_CREATE, worklist.handle_mpps_create, [services]),
+        (evt.EVT_N_SET, worklist.handle_mpps_set, [services]),
     ]
     if allowlist is not None:
         table.insert(1, (evt.EVT_CONN_OPEN, allowlist.refresh))
