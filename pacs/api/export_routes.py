@@ -18,9 +18,9 @@ from pacs.security.http import Endpoint, guarded, principal_of
 from pacs.security.policy import Operation
 from worklist.export import (
     MEDIA_TYPES,
+    ExportFormat,
     ExportRequest,
     ExportService,
-    ExportFormat,
     export_events,
     file_name,
     parse_format,
