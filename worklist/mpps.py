@@ -101,7 +101,8 @@ class MppsService:
         """N-SET: change a step still IN PROGRESS; COMPLETED or DISCONTINUED ends it (and its order)."""
         current = self.steps.get(sop_instance_uid)
         if current.status in FINAL:
-            raise Conflict(f"performed procedure step {sop_instance_uid} is {current.status}; it may no longer be updated")
+            # Error Comment holds 64 characters: the reason first, without the UID the peer knows.
+            raise Conflict(f"the step is {current.status} and may no longer be updated")
         status = _status(modification) if "PerformedProcedureStepStatus" in modification else current.status
         merged = Dataset.from_json(current.attributes_json)
         for element in modification:

@@ -51,13 +51,13 @@ class PerformedStepRepository:
             with write_transaction(self.engine) as conn:
                 conn.execute(insert(steps).values(**_row(step)))
         except IntegrityError:
-            raise DuplicateInstance(f"performed procedure step {step.sop_instance_uid} already exists") from None
+            raise DuplicateInstance("a performed procedure step with this SOP Instance UID exists") from None
 
     def get(self, sop_instance_uid: str) -> PerformedStep:
         with read_transaction(self.engine) as conn:
             row = conn.execute(_select().where(steps.c.sop_instance_uid == sop_instance_uid)).first()
         if row is None:
-            raise NotFound(f"no performed procedure step {sop_instance_uid}")
+            raise NotFound("no performed procedure step with this SOP Instance UID")
         return _step(row)
 
     def update(self, sop_instance_uid: str, expected_status: str, values: dict[str, Any]) -> None:
@@ -68,7 +68,7 @@ class PerformedStepRepository:
         with write_transaction(self.engine) as conn:
             stmt = update(steps).where(steps.c.sop_instance_uid == sop_instance_uid, steps.c.status == expected_status)
             if conn.execute(stmt.values(**changes)).rowcount == 0:
-                raise Conflict(f"performed procedure step {sop_instance_uid} changed meanwhile")
+                raise Conflict("the step was changed meanwhile; send the N-SET again")
 
     def search(
         self, *, order_pk: int | None = None, unlinked: bool = False, limit: int = 100, offset: int = 0
