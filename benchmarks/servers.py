@@ -190,7 +190,7 @@ def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: s
         env = {**os.environ, "MINIPACS_DATA_DIR": str(data / "data"), "MINIPACS_HTTP_PORT": str(port),
                "MINIPACS_HTTP_WORKERS": str(workers), "MINIPACS_QIDO_MAX_LIMIT": str(qido_max_limit),
                "MINIPACS_AUTH": "off", "MINIPACS_LOG_LEVEL": "warning", "MINIPACS_DICOM_PORT": str(dicom_port),
-               "MINIPACS_DICOM_HOST": "127.0.0.1", "MINIPACS_AE_TITLE": MINIPACS_AE,
+               "MINIPACS_DICOM_HOST": "127.0.0.1", "MINIPACS_AE_TITLE": MINIPACS_AE, "MINIPACS_HL7_PORT": "off",
                "MINIPACS_REMOTE_AES": f"{RECEIVER_AE}@127.0.0.1:{receiver_port}" if receiver_port else ""}
         env.pop("MINIPACS_CONFIG", None)
         helpers: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,38 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+# The transaction of the unit of work this thread is in, if any (see unit_of_work).
+_unit: ContextVar[Connection | None] = ContextVar("unit_of_work", default=None)
+
+
+@contextmanager
+def unit_of_work(engine: Engine) -> Iterator[Connection]:
+    """One write transaction for everything done in this thread until the block ends: the
+    read_transaction and write_transaction blocks of any repository on this engine join it
+    instead of committing on their own, so several repositories' changes commit (or roll back,
+    on any exception) together, with one commit."""
+    if _joined(engine) is not None:
+        raise RuntimeError("units of work do not nest")
+    with write_transaction(engine) as conn:
+        token = _unit.set(conn)
+        try:
+            yield conn
+        finally:
+            _unit.reset(token)
+
+
+def _joined(engine: Engine) -> Connection | None:
+    conn = _unit.get()
+    return conn if conn is not None and conn.engine is engine else None
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: on SQLite it takes the write lock up front."""
+    joined = _joined(engine)
+    if joined is not None:
+        yield joined
+        return
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(sqlite_write=True)
@@ -68,6 +98,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
+    joined = _joined(engine)
+    if joined is not None:  # inside a unit of work: read what it wrote
+        yield joined
+        return
     try:
         with engine.connect() as conn:
             with conn.begin():

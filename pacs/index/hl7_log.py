@@ -2,10 +2,10 @@
 claims that make a message apply once (hl7_applied, keyed by sending application, sending
 facility and message control ID).
 
-A message is claimed in the transaction that logs its arrival; the primary key lets one
-transaction win when two connections send the same control ID at once (PostgreSQL makes the
-second INSERT wait for the first to commit; SQLite takes one write lock at a time). The claim
-holds an empty answer while the message is applied and its real answer afterwards.
+A message is claimed, applied and answered in one transaction (a unit of work, see
+pacs.index.database), so a claim always holds the answer that was sent. The primary key lets one
+transaction win when two connections send the same control ID at once: PostgreSQL makes the
+second INSERT wait until the first transaction ends, SQLite takes one write lock at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, select, update
+from sqlalchemy import Connection, Engine, Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.errors import NotFound
@@ -22,7 +22,7 @@ from pacs.index.accounts import as_utc
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import hl7_applied, hl7_messages
 
-PENDING = ""  # the answer of a claim whose message is being applied
+PENDING = ""  # the answer of a claim inside the transaction that applies its message
 _LIMITS = {"peer": 64, "control_id": 64, "sending_application": 227, "sending_facility": 227, "message_type": 16}
 
 
@@ -44,7 +44,7 @@ class Claim:
     """The applied-once state of a (sending application, facility, control ID)."""
 
     message_pk: int  # the message that claimed it first
-    ack_code: str  # PENDING while that message is applied
+    ack_code: str
     outcome: str
     received_at: datetime
 
@@ -90,15 +90,16 @@ class Hl7Log:
         with write_transaction(self.engine) as conn:
             return _insert(conn, received, ack_code, outcome, duplicate, order_pk)
 
-    def claim(self, received: Received, key: Key) -> tuple[int, Claim | None]:
+    def claim(self, received: Received, key: Key, *, ack_code: str = PENDING, outcome: str = ""
+              ) -> tuple[int, Claim | None]:
         """Log the message and claim its key: (its log pk, None) when it is the first with that
         key, else (its log pk, the first one's claim); the latter is logged as a duplicate."""
         with write_transaction(self.engine) as conn:
-            pk = _insert(conn, received, PENDING, "being applied", False, None)
+            pk = _insert(conn, received, ack_code, outcome, False, None)
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             stmt = dialect.insert(hl7_applied).values(
                 sending_application=key[0], sending_facility=key[1], control_id=key[2], message_pk=pk,
-                ack_code=PENDING, outcome="",
+                ack_code=ack_code, outcome=storable(outcome),
             )
             won = conn.execute(stmt.on_conflict_do_nothing().returning(hl7_applied.c.message_pk)).first()
             if won is not None:
@@ -108,26 +109,17 @@ class Hl7Log:
             assert first is not None  # the conflict was with it
             return pk, first
 
-    def claim_of(self, key: Key) -> Claim | None:
-        with read_transaction(self.engine) as conn:
-            return _claim(conn, key)
-
     def finish(self, pk: int, *, ack_code: str, outcome: str, order_pk: int | None = None,
-               key: Key | None = None, release: bool = False) -> None:
-        """Record a message's answer, and on its claim (`key`): kept as the answer to repeats,
-        or released (`release`) so that the message is applied when it is sent again."""
+               key: Key | None = None) -> None:
+        """Record a message's answer, and on its claim (`key`), as the answer to repeats."""
         with write_transaction(self.engine) as conn:
-            values: dict[str, Any] = {"ack_code": ack_code, "outcome": outcome}
+            values: dict[str, Any] = {"ack_code": ack_code, "outcome": storable(outcome)}
             if order_pk is not None:
                 values["order_pk"] = order_pk
             conn.execute(update(hl7_messages).where(hl7_messages.c.pk == pk).values(**values))
-            if key is None:
-                return
-            mine = _key_is(key) & (hl7_applied.c.message_pk == pk)
-            if release:
-                conn.execute(delete(hl7_applied).where(mine))
-            else:
-                conn.execute(update(hl7_applied).where(mine).values(ack_code=ack_code, outcome=outcome))
+            if key is not None:
+                mine = _key_is(key) & (hl7_applied.c.message_pk == pk)
+                conn.execute(update(hl7_applied).where(mine).values(ack_code=ack_code, outcome=storable(outcome)))
 
     def search(self, where: MessageFilter) -> list[LoggedMessage]:
         stmt = _filtered(select(*_LISTED, func.length(hl7_messages.c.raw).label("size")), where)

@@ -9,15 +9,15 @@ keeps the message and sends it again.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from pacs.audit.trail import Action, AuditEvent, AuditTrail, Outcome
 from pacs.errors import InvalidMessage, PacsError, Unavailable
 from pacs.index.accounts import utcnow
-from pacs.index.hl7_log import PENDING, Claim, Hl7Log, Key, Received
-from worklist.hl7.ack import ACCEPT, ERROR, REJECT, Answer, answer_for, build_ack, internal_error
+from pacs.index.database import unit_of_work
+from pacs.index.hl7_log import Claim, Hl7Log, Key, Received
+from worklist.hl7.ack import ACCEPT, Answer, answer_for, build_ack, internal_error
 from worklist.hl7.intake import Applied, Hl7Intake
 from worklist.hl7.messages import CHARACTER_SETS, Header, Hl7Message, parse_message, read_header
 
@@ -30,17 +30,12 @@ class Hl7Receiver:
     def __init__(
         self, intake: Hl7Intake, messages: Hl7Log, audit: AuditTrail | None = None, *,
         clock: Callable[[], datetime] = utcnow, max_message_bytes: int = 16 * 1024 * 1024,
-        repeat_wait_seconds: float = 10.0, stale_after: timedelta = timedelta(minutes=2),
     ) -> None:
         self.intake = intake
         self.messages = messages
         self.audit = audit
         self.clock = clock
         self.max_message_bytes = max_message_bytes
-        # A repeat of a message still being applied waits this long for the first one's answer.
-        self.repeat_wait_seconds = repeat_wait_seconds
-        # A claim still unanswered after this long belongs to a process that stopped mid-way.
-        self.stale_after = stale_after
 
     def message(self, payload: bytes, peer: str) -> bytes:
         received_at = self.clock()
@@ -89,76 +84,57 @@ class Hl7Receiver:
             return None
 
     def _apply_once(self, received: Received, message: Hl7Message) -> bytes:
+        """Claim, apply and answer in one transaction: applied with its answer kept, or not at all."""
         header = message.header
         key: Key = (header.sending_application, header.sending_facility, header.control_id)
+        actor = "hl7:" + (header.sending_application.split(header.component_separator)[0] or "?")
         try:
-            pk, first = self.messages.claim(received, key)
+            with unit_of_work(self.messages.engine):
+                pk, first = self.messages.claim(received, key)
+                if first is not None:
+                    return self._repeat(pk, first, header)
+                applied = self.intake.apply(message, actor)
+                order_pk = applied.orders[0].pk if applied.orders else None
+                self.messages.finish(pk, ack_code=ACCEPT, outcome=applied.outcome, order_pk=order_pk, key=key)
         except Unavailable as exc:
+            # Nothing was applied or claimed: the sender keeps the message and sends it again.
             log.error("HL7 %s from %s: AR, the database is unavailable", header.control_id, received.peer)
-            return build_ack(header, answer_for(exc))
-        if first is not None:
-            return self._repeat(pk, key, first, header)
-        answer, applied = self._apply(message, received)
-        order_pk = applied.orders[0].pk if applied is not None and applied.orders else None
+            answer = answer_for(exc)
+            self._log(received, answer.code, answer.text)
+            return build_ack(header, answer)
+        except PacsError as exc:
+            return self._refuse_once(received, key, message, actor, answer_for(exc))
+        except Exception:
+            log.exception("HL7 %s from %s could not be applied", header.control_id, received.peer)
+            return self._refuse_once(received, key, message, actor, internal_error())
+        self._audit(message, received, actor, Outcome.SUCCESS, applied, "")
+        log.info("HL7 %s %s from %s: AA (log #%d)", header.message_type, header.control_id, received.peer, pk)
+        return build_ack(header, Answer(ACCEPT, applied.outcome))
+
+    def _refuse_once(self, received: Received, key: Key, message: Hl7Message, actor: str, answer: Answer) -> bytes:
+        """A message refused for what it says: logged and claimed with its answer (AE), so a
+        repeat gets the same answer without being looked at again."""
+        header = message.header
         try:
-            self.messages.finish(pk, ack_code=answer.code, outcome=answer.text, order_pk=order_pk, key=key,
-                                 release=answer.code == REJECT)
+            pk, first = self.messages.claim(received, key, ack_code=answer.code, outcome=answer.text)
+            if first is not None:  # a copy on another connection was applied meanwhile
+                return self._repeat(pk, first, header)
         except Unavailable:
-            log.error("HL7 %s: applied (%s) but its answer could not be logged", header.control_id, answer.code)
+            log.error("HL7 %s from %s: %s, but it could not be logged", header.control_id, received.peer, answer.code)
+            return build_ack(header, answer)
+        self._audit(message, received, actor, Outcome.FAILURE, None, answer.text)
         log.info("HL7 %s %s from %s: %s (log #%d)", header.message_type, header.control_id, received.peer,
                  answer.code, pk)
         return build_ack(header, answer)
 
-    def _apply(self, message: Hl7Message, received: Received) -> tuple[Answer, Applied | None]:
-        actor = "hl7:" + (message.header.sending_application.split(message.header.component_separator)[0] or "?")
-        try:
-            applied = self.intake.apply(message, actor)
-        except PacsError as exc:
-            answer = answer_for(exc)
-            if answer.code != REJECT:
-                self._audit(message, received, actor, Outcome.FAILURE, None, answer.text)
-            return answer, None
-        except Exception:
-            log.exception("HL7 %s from %s could not be applied", message.header.control_id, received.peer)
-            return internal_error(), None
-        self._audit(message, received, actor, Outcome.SUCCESS, applied, "")
-        return Answer(ACCEPT, applied.outcome), applied
-
-    def _repeat(self, pk: int, key: Key, first: Claim, header: Header) -> bytes:
+    def _repeat(self, pk: int, first: Claim, header: Header) -> bytes:
         """A control ID seen before: the first answer again, nothing applied."""
-        deadline = time.monotonic() + self.repeat_wait_seconds
-        current: Claim | None = first
-        while current is not None and current.ack_code == PENDING and time.monotonic() < deadline:
-            time.sleep(0.02)
-            current = self._claim(key)
-        answer = self._repeat_answer(current, first)
-        outcome = f"repeat of message #{first.message_pk}, not applied again: {answer.text}"
-        try:
-            self.messages.finish(pk, ack_code=answer.code, outcome=outcome)
-        except Unavailable:
-            log.error("HL7 %s: the answer to a repeat could not be logged", header.control_id)
+        answer = Answer(first.ack_code, first.outcome)
+        outcome = f"repeat of message #{first.message_pk}, not applied again: {first.outcome}"
+        self.messages.finish(pk, ack_code=answer.code, outcome=outcome)
         log.info("HL7 %s %s: repeat of log #%d, %s", header.message_type, header.control_id, first.message_pk,
                  answer.code)
         return build_ack(header, answer)
-
-    def _claim(self, key: Key) -> Claim | None:
-        try:
-            return self.messages.claim_of(key)
-        except Unavailable:
-            return None
-
-    def _repeat_answer(self, current: Claim | None, first: Claim) -> Answer:
-        if current is None:  # the first copy was answered AR (its claim released): send again
-            return Answer(REJECT, "an earlier copy of this message could not be applied now; send it again later")
-        if current.ack_code != PENDING:
-            return Answer(current.ack_code, current.outcome)
-        if self.clock() - current.received_at > self.stale_after:
-            return Answer(ERROR, (
-                f"an earlier copy (log #{current.message_pk}, {current.received_at.isoformat()}) was being applied "
-                "when the server stopped; its outcome is unknown: check the order, and send changes with a new "
-                "control ID"
-            ), "207")
-        return Answer(REJECT, "an earlier copy of this message is still being applied; send it again later")
 
     def _audit(self, message: Hl7Message, received: Received, actor: str, outcome: str, applied: Applied | None,
                reason: str) -> None:
