@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, func, select, update
+from sqlalchemy import Connection, Engine, Integer, Select, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.errors import NotFound
@@ -96,15 +96,11 @@ class Hl7Log:
         key, else (its log pk, the first one's claim); the latter is logged as a duplicate."""
         with write_transaction(self.engine) as conn:
             pk = _insert(conn, received, ack_code, outcome, False, None)
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(hl7_applied).values(
-                sending_application=key[0], sending_facility=key[1], control_id=key[2], message_pk=pk,
-                ack_code=ack_code, outcome=storable(outcome),
-            )
-            won = conn.execute(stmt.on_conflict_do_nothing().returning(hl7_applied.c.message_pk)).first()
-            if won is not None:
+            claim = {"sending_application": key[0], "sending_facility": key[1], "control_id": key[2],
+                     "message_pk": pk, "ack_code": ack_code, "outcome": storable(outcome)}
+            if conn.execute(_CLAIM[conn.dialect.name == "postgresql"], claim).first() is not None:
                 return pk, None
-            conn.execute(update(hl7_messages).where(hl7_messages.c.pk == pk).values(duplicate=True))
+            conn.execute(_MARK_DUPLICATE, {"message": pk})
             first = _claim(conn, key)
             assert first is not None  # the conflict was with it
             return pk, first
@@ -112,14 +108,11 @@ class Hl7Log:
     def finish(self, pk: int, *, ack_code: str, outcome: str, order_pk: int | None = None,
                key: Key | None = None) -> None:
         """Record a message's answer, and on its claim (`key`), as the answer to repeats."""
+        answer = {"message": pk, "answer": ack_code, "what": storable(outcome), "order": order_pk}
         with write_transaction(self.engine) as conn:
-            values: dict[str, Any] = {"ack_code": ack_code, "outcome": storable(outcome)}
-            if order_pk is not None:
-                values["order_pk"] = order_pk
-            conn.execute(update(hl7_messages).where(hl7_messages.c.pk == pk).values(**values))
+            conn.execute(_ANSWER_MESSAGE, answer)
             if key is not None:
-                mine = _key_is(key) & (hl7_applied.c.message_pk == pk)
-                conn.execute(update(hl7_applied).where(mine).values(ack_code=ack_code, outcome=storable(outcome)))
+                conn.execute(_ANSWER_CLAIM, {**answer, "application": key[0], "facility": key[1], "control": key[2]})
 
     def search(self, where: MessageFilter) -> list[LoggedMessage]:
         stmt = _filtered(select(*_LISTED, func.length(hl7_messages.c.raw).label("size")), where)
@@ -137,6 +130,26 @@ class Hl7Log:
 
 
 _LISTED = [c for c in hl7_messages.c if c.name != "raw"]
+# Built once: executed with plain parameters, they skip statement construction and hit the
+# compiled cache (intake runs them for every message).
+_INSERT_MESSAGE = hl7_messages.insert().returning(hl7_messages.c.pk)
+_CLAIM = {
+    postgres: dialect.insert(hl7_applied).on_conflict_do_nothing().returning(hl7_applied.c.message_pk)
+    for postgres, dialect in ((True, postgresql), (False, sqlite))
+}
+_MARK_DUPLICATE = update(hl7_messages).where(hl7_messages.c.pk == bindparam("message")).values(duplicate=True)
+_ANSWER_MESSAGE = (
+    update(hl7_messages).where(hl7_messages.c.pk == bindparam("message"))
+    .values(ack_code=bindparam("answer"), outcome=bindparam("what"),
+            order_pk=func.coalesce(bindparam("order", type_=Integer), hl7_messages.c.order_pk))
+)
+_ANSWER_CLAIM = (
+    update(hl7_applied)
+    .where(hl7_applied.c.sending_application == bindparam("application"),
+           hl7_applied.c.sending_facility == bindparam("facility"),
+           hl7_applied.c.control_id == bindparam("control"), hl7_applied.c.message_pk == bindparam("message"))
+    .values(ack_code=bindparam("answer"), outcome=bindparam("what"))
+)
 
 
 def _insert(conn: Connection, received: Received, ack_code: str, outcome: str, duplicate: bool,
@@ -148,7 +161,7 @@ def _insert(conn: Connection, received: Received, ack_code: str, outcome: str, d
     for name, limit in _LIMITS.items():
         text = getattr(received, name)
         values[name] = storable(text)[:limit] if text is not None else None
-    return int(conn.execute(hl7_messages.insert().values(**values).returning(hl7_messages.c.pk)).scalar_one())
+    return int(conn.execute(_INSERT_MESSAGE, values).scalar_one())
 
 
 def storable(text: str) -> str:
