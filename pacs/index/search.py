@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, or
 
 from pacs.dicom.attributes import INTEGER_VRS, Attribute, Level
 from pacs.dicom.query import Condition, MatchKind, Query
-from pacs.index.schema import TABLES, instances, patients, series, studies
+from pacs.index.schema import TABLES, instances, orders, patients, series, studies, study_order_links
 
 Row = dict[str, Any]
 
@@ -72,16 +72,25 @@ def _join_chain(level: Level) -> Any:
     return chain
 
 
-def referred_by(referrer: str) -> ColumnElement[bool]:
-    """Studies whose referring physician is `referrer` (compared as pacs.security.principal
-    normalises names: upper case, trailing empty components dropped)."""
-    return func.rtrim(studies.c.referring_physician_name_norm, "^") == referrer
+def referred_by(provider: str) -> ColumnElement[bool]:
+    """Studies linked (by reconciliation, see worklist.reconcile) to an order `provider` placed:
+    the order's ordering provider, normalised as pacs.security.principal does (upper case,
+    trailing empty components dropped), is the provider's name. Driven from the provider's
+    orders (indexed name) through the links (indexed order), so it stays cheap however many
+    studies the archive holds."""
+    linked = (
+        select(study_order_links.c.study_instance_uid)
+        .join(orders, orders.c.pk == study_order_links.c.order_pk)
+        .where(orders.c.ordering_provider_norm == provider, study_order_links.c.state == "LINKED")
+    )
+    return studies.c.study_instance_uid.in_(linked)
 
 
-def visible_studies(level: Level, referrer: str) -> ColumnElement[bool]:
+def visible_studies(level: Level, provider: str) -> ColumnElement[bool]:
+    """What a provider may see: the studies of their own orders (and those studies' patients)."""
     if level == Level.PATIENT:
-        return exists().where(studies.c.patient_pk == patients.c.pk, referred_by(referrer))
-    return referred_by(referrer)
+        return exists().where(studies.c.patient_pk == patients.c.pk, referred_by(provider))
+    return referred_by(provider)
 
 
 def condition_sql(condition: Condition) -> ColumnElement[bool]:

@@ -24,7 +24,7 @@ from tests.support.factories import make_ct, make_series, split_multipart, stow_
 @dataclass
 class Stored:
     client: TestClient
-    ct: Dataset  # 64x64 signed CT with rescale, referred by DOC^OWN
+    ct: Dataset  # 64x64 signed CT with rescale
     multiframe: Dataset
 
     def instance_path(self, ds: Dataset) -> str:
@@ -248,6 +248,10 @@ def test_bad_wado_uri_requests(stored: Stored, changes: dict[str, str], status: 
 
 
 def test_rendered_and_wado_uri_respect_provider_scoping(stored: Stored, services: Services) -> None:
+    # Providers see the studies linked to their orders: staff link the CT's study to one of DOC^OWN's.
+    order = services.orders.create({"patient_id": str(stored.ct.PatientID), "patient_name": "Ct^Patient",
+                                    "modality": "CT", "ordering_provider": "DOC^OWN"}, created_by="desk")
+    services.reconciler.link(stored.ct.StudyInstanceUID, order, by="desk")
     own = bearer_headers(services, "provider", provider_name="DOC^OWN")
     other = bearer_headers(services, "provider", provider_name="SOMEONE^ELSE")
     path = stored.instance_path(stored.ct) + "/rendered"

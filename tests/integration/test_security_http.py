@@ -30,8 +30,8 @@ PASSWORD = "a long enough password"
 class Archive:
     services: Services
     client: TestClient  # no credentials of its own
-    mine: list[Dataset]  # a study referred by DOC^OWN (the provider's)
-    theirs: list[Dataset]  # a study referred by someone else
+    mine: list[Dataset]  # a study of an order DOC^OWN (the provider) placed
+    theirs: list[Dataset]  # a study of someone else's order
     credentials: dict[str, dict[str, str]]  # credential name -> headers
 
     def audit(self, **where: object) -> list[dict[str, object]]:
@@ -56,8 +56,16 @@ def _store(services: Services, datasets: list[Dataset]) -> None:
 
 @pytest.fixture
 def archive(services: Services) -> Iterator[Archive]:
-    mine = make_series(2, PatientID="PID-MINE", PatientName="Mine^Patient", ReferringPhysicianName="Doc^Own")
-    theirs = make_series(2, PatientID="PID-THEIRS", PatientName="Their^Patient", ReferringPhysicianName="Other^Doc")
+    # Providers see the studies linked to their orders: each study arrives with its order's accession number.
+    own, other = (
+        services.orders.create({"patient_id": pid, "patient_name": name, "modality": "CT", "ordering_provider": doc},
+                               created_by="desk")
+        for pid, name, doc in (("PID-MINE", "Mine^Patient", "Doc^Own"), ("PID-THEIRS", "Their^Patient", "Other^Doc"))
+    )
+    mine = make_series(2, PatientID="PID-MINE", PatientName="Mine^Patient", ReferringPhysicianName="Doc^Own",
+                       AccessionNumber=own.accession_number)
+    theirs = make_series(2, PatientID="PID-THEIRS", PatientName="Their^Patient", ReferringPhysicianName="Doc^Own",
+                         AccessionNumber=other.accession_number)  # naming DOC^OWN does not make it theirs
     _store(services, mine + theirs)
     accounts = services.accounts
     credentials: dict[str, dict[str, str]] = {"none": {}, "wrong": _bearer(new_secret("mpt_"))}
@@ -107,7 +115,7 @@ def _paths(archive: Archive) -> dict[str, tuple[str, str]]:
 
 
 # Expected HTTP status per credential (rows) and endpoint (columns). The study the read and
-# delete columns address is not referred by the provider: for them it does not exist (404).
+# delete columns address is not of the provider's orders: for them it does not exist (404).
 ENDPOINTS = ["health", "search", "series search", "metadata", "retrieve", "frames", "bulk", "rendered", "thumbnail",
              "wado-uri", "store", "delete", "users", "add user", "aes", "audit", "me"]
 MATRIX: dict[str, list[int]] = {
@@ -152,7 +160,7 @@ def test_access_matrix(archive: Archive, credential: str) -> None:
 # ---- provider scoping ----------------------------------------------------------------------
 
 
-def test_provider_sees_only_studies_they_referred(archive: Archive) -> None:
+def test_provider_sees_only_studies_of_their_orders(archive: Archive) -> None:
     get = archive.client.get
     headers = archive.credentials["provider"]
     mine, theirs = archive.mine[0], archive.theirs[0]
@@ -181,7 +189,7 @@ def test_provider_sees_only_studies_they_referred(archive: Archive) -> None:
 
 
 def test_provider_link_follows_a_role_change(archive: Archive) -> None:
-    """A provider re-linked to another physician sees that physician's studies at once."""
+    """A provider re-linked to another physician sees the studies of that physician's orders at once."""
     archive.services.accounts.set_role("provider", "provider", "OTHER^DOC")
     found = archive.client.get("/dicom-web/studies", headers=archive.credentials["provider"]).json()
     assert [f["0020000D"]["Value"][0] for f in found] == [archive.theirs[0].StudyInstanceUID]

@@ -147,6 +147,15 @@ def archive(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> Itera
             "ct": _ct_series(CT_INSTANCES, CT_SIZE),
         }
         with running_server(settings, extra_env={"MINIPACS_DICOM_ENABLED": "off"}) as url:
+            # The provider's study: it arrives with the accession number of an order they placed.
+            mr = datasets["mr"][0]
+            order = httpx.post(
+                f"{url}/api/orders", headers={"Authorization": f"Bearer {admin_token}"},
+                json={"patient_id": str(mr.PatientID), "patient_name": "Mr^Small", "modality": "MR",
+                      "ordering_provider": PROVIDER_NAME},
+            )
+            assert order.status_code == 201, order.text
+            mr.AccessionNumber = order.json()["accession_number"]
             started = time.monotonic()
             for items in datasets.values():
                 _store(url, admin_token, items)
