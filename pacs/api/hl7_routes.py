@@ -61,7 +61,8 @@ def message_json(message: LoggedMessage) -> dict[str, Any]:
     for name, value in vars(message).items():
         if name == "pk" or (name == "raw" and value is None):
             continue
-        out[name] = value.isoformat() if hasattr(value, "isoformat") else value
+        key = "order_id" if name == "order_pk" else name  # as /api/orders/{id} names it
+        out[key] = value.isoformat() if hasattr(value, "isoformat") else value
     return out
 
 
