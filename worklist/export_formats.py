@@ -107,7 +107,7 @@ def _message(order: Order, control_id: str, now: str, receiver: str) -> list[str
     filler = escape(order.filler_order_number)
     timing = f"^^^{_ts(order.scheduled_at)}^^{_PRIORITY.get(order.priority, 'R')}"
     procedure = f"{escape(order.procedure_code or order.modality)}^{escape(order.procedure_description)}^99MINIPACS"
-    patient = f"{escape(order.patient_id)}^^^{escape(order.issuer_of_patient_id)}"
+    patient = f"{escape(order.patient_id)}^^^{escape(order.issuer_of_patient_id)}".rstrip("^")  # CX: ID^^^authority
     segments = [
         # MSH-9 ORM^O01, MSH-11 P (production), MSH-12 2.3.1, MSH-18 the character set.
         _segment("MSH", "^~\\&", "MINIPACS", "", receiver, "", now, "", "ORM^O01", control_id, "P", "2.3.1",

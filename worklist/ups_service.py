@@ -144,10 +144,15 @@ class WorkitemService:
             raise refusal("C302")
         if state != SCHEDULED:
             raise refusal("C300", state=state)
-        if order.status == OrderStatus.ORDERED:  # the order workflow goes through SCHEDULED
-            order = self._move(order, OrderStatus.SCHEDULED, changed_by, "claimed")
-        return self._move(order, OrderStatus.IN_PROGRESS, changed_by, "claimed",
-                          also={"ups_transaction_uid": transaction_uid})
+        try:
+            if order.status == OrderStatus.ORDERED:  # the order workflow goes through SCHEDULED
+                order = self._move(order, OrderStatus.SCHEDULED, changed_by, "claimed")
+            return self._move(order, OrderStatus.IN_PROGRESS, changed_by, "claimed",
+                              also={"ups_transaction_uid": transaction_uid})
+        except Conflict as exc:
+            if ups_state(self.orders.repository.get(order.pk)) in (SCHEDULED, IN_PROGRESS):
+                raise refusal("C302") from None  # another performer claimed it first
+            raise exc
 
     def _finish(self, order: Order, state: str, target: str, transaction_uid: str, changed_by: str) -> Outcome:
         if state == SCHEDULED:

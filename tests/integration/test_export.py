@@ -135,7 +135,7 @@ def test_hl7_batch_reads_back(api: Api) -> None:
     message = messages[0]
     assert str(message.segment("MSH")[9]) == "ORM^O01" and str(message.segment("MSH")[12]) == "2.3.1"
     assert message.unescape(str(message.segment("PID")[5])) == "O'Hara^Sean|x"
-    assert str(message.segment("PID")[3][0][0]) == "PID-1"
+    assert str(message.segment("PID")[3]) == "PID-1"
     assert message.unescape(str(message.segment("MSH")[5])) == "RIS&B"
     orc, obr = message.segment("ORC"), message.segment("OBR")
     assert (str(orc[1]), str(orc[2]), str(orc[5])) == ("NW", "PL-9", "SC")
@@ -144,7 +144,7 @@ def test_hl7_batch_reads_back(api: Api) -> None:
     assert message.unescape(str(obr[31][0][1])) == TRICKY
     assert message.unescape(str(message.segment("NTE")[3])) == "fasting\r\nfrom midnight"
     assert str(message.segment("ZDS")[1][0][0]) == order["study_instance_uid"]
-    assert str(messages[1].segment("PID")[3][0][0]) == "PID-2"
+    assert str(messages[1].segment("PID")[3]) == "PID-2"
 
 
 def test_pdf_summary(api: Api) -> None:
@@ -236,7 +236,7 @@ def test_command_line_export(sqlite_services: Services, tmp_path: Path) -> None:
     assert [r["patient_id"] for r in rows] == ["CLI-1"]
     again = run("--format", "hl7", "--all-new", "-o", str(tmp_path / "new.hl7"))
     assert again.returncode == 0, again.stderr
-    assert [str(m.segment("PID")[3][0][0]) for m in next(iter(hl7.parse_file((tmp_path / "new.hl7").read_bytes().decode())))] == ["CLI-2"]
+    assert [str(m.segment("PID")[3]) for m in next(iter(hl7.parse_file((tmp_path / "new.hl7").read_bytes().decode())))] == ["CLI-2"]
     nothing = run("--format", "pdf", "--all-new", "-o", str(tmp_path / "none.pdf"))
     assert nothing.returncode == 3 and "nothing to export" in nothing.stderr
     assert not (tmp_path / "none.pdf").exists()

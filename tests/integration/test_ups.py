@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +18,11 @@ from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
 
 from pacs.app import build_app
+from pacs.errors import Conflict
 from pacs.services import Services
 from tests.conftest import bearer_headers
 from tests.support.server import create_user, running_server
+from worklist.ups_service import WorkitemService
 
 DICOM_JSON = "application/dicom+json"
 STATE, TRANSACTION = "00741000", "00081195"
@@ -211,6 +214,27 @@ def test_claim_complete_and_the_state_machine(ups: Ups) -> None:
         ("IN_PROGRESS", "COMPLETED", "radiologist", "UPS-RS: completed"),
     ]
     assert ups.state(generate_uid(), "IN PROGRESS", transaction).status_code == 404  # C307
+
+
+def test_one_of_many_simultaneous_claims_wins(ups: Ups) -> None:
+    uid = ups.order()["workitem_uid"]
+    service = WorkitemService(ups.services.orders)
+    transactions = [generate_uid() for _ in range(6)]
+
+    def claim(transaction: str) -> str:
+        try:
+            service.change_state(uid, "IN PROGRESS", transaction, changed_by="t")
+        except Conflict as exc:
+            return str(exc)
+        return "claimed"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = list(pool.map(claim, transactions))
+    assert outcomes.count("claimed") == 1, outcomes
+    assert all("C302" in outcome for outcome in outcomes if outcome != "claimed")
+    winner = transactions[outcomes.index("claimed")]
+    assert ups.services.orders.repository.by_workitem(uid).ups_transaction_uid == winner
+    assert ups.state(uid, "COMPLETED", winner).status_code == 200
 
 
 def test_cancel_by_the_performer_and_on_request(ups: Ups) -> None:
