@@ -1,12 +1,14 @@
 """The PDF summary of an order export (fpdf2): a header saying which batch it is, then a table
 of the orders, one row each, on landscape A4 pages.
 
-Text is drawn with DejaVu Sans when the system has it (any script); otherwise with the PDF core
-font Helvetica, which holds Latin-1 only, so other characters are shown as "?".
+Text is drawn with DejaVu Sans when the system has it (Latin, Greek, Cyrillic, Arabic, Hebrew and
+more; characters it lacks, such as CJK, are left blank); otherwise with the PDF core font
+Helvetica, which holds Latin-1 only, so other characters are shown as "?".
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
@@ -27,7 +29,19 @@ _COLUMNS = (
 )
 
 
+class _NoMissingGlyphs(logging.Filter):
+    """fpdf2 logs the characters a font lacks: pieces of patient names, kept out of the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "missing the following glyphs" not in str(record.msg)
+
+
+_FPDF_LOG = logging.getLogger("fpdf.output")
+
+
 def to_pdf(orders: Sequence[Order], header: BatchHeader, created_by: str) -> bytes:
+    if not any(isinstance(f, _NoMissingGlyphs) for f in _FPDF_LOG.filters):
+        _FPDF_LOG.addFilter(_NoMissingGlyphs())
     pdf = FPDF(orientation="landscape", format="A4")
     pdf.set_title(f"Order export {header.reference}")
     pdf.set_creator("minipacs")
