@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -18,10 +17,8 @@ from pacs.config import ConfigError, Settings
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from pacs.dimse.server import DicomServer
     from pacs.index.remote_aes import RemoteAERepository
-    from pacs.services import Services
-    from worklist.hl7.listener import Hl7Listener
+    from pacs.serving import Listeners
 
 log = logging.getLogger("minipacs")
 
@@ -116,8 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     options = (("http_host", args.host), ("http_port", args.port), ("http_workers", args.workers),
                ("dicom_port", args.dicom_port), ("hl7_port", args.hl7_port))
     changes: dict[str, object] = {k: v for k, v in options if v is not None}
@@ -126,12 +121,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.no_hl7:
         changes["hl7_enabled"] = False
     settings = settings.replace(**changes) if changes else settings
-    from pacs import tls
+    from pacs import serving, tls
     from pacs.index.database import open_engine
     from pacs.index.migrate import upgrade_database
 
     try:
         tls.check_files(settings)  # before anything starts, not at the first handshake
+        dicom_tls = settings.dicom_enabled and tls.dicom_server_context(settings) is not None
     except ConfigError as exc:
         print(f"minipacs: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -142,98 +138,42 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         first_admin_password = _prepare_security(settings, engine)
     finally:
         engine.dispose()
-    dicom = _start_dicom(settings)
     try:
-        hl7 = _start_hl7(settings, dicom.services if dicom else None)
-    except OSError as exc:
-        print(f"minipacs: cannot listen for HL7 on {settings.effective_hl7_host}:{settings.hl7_port}: {exc}",
-              file=sys.stderr)
-        _stop_listeners(dicom, None)
+        listeners = serving.open_listeners(settings, dicom_tls=dicom_tls)
+    except serving.ListenError as exc:
+        print(f"minipacs: {exc}", file=sys.stderr)
         return 2
-    _announce(settings, dicom_port=dicom.port if dicom else None, dicom_tls_port=dicom.tls_port if dicom else None,
-              hl7_port=hl7.port if hl7 else None)
+    _announce(settings, listeners)
     _announce_security(settings, first_admin_password)
-    # uvicorn drains HTTP on SIGTERM, then re-raises the signal with the handler that was in
-    # place before it started: make that one a clean exit, so the DICOM listener is stopped too.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    _export(settings)  # worker processes rebuild Settings from the environment
     try:
-        uvicorn.run(
-            "pacs.asgi:app",
-            factory=True,
-            host=settings.http_host,
-            port=settings.http_port,
-            workers=settings.http_workers if settings.http_workers > 1 else None,
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            ssl_certfile=settings.http_tls_cert or None,
-            ssl_keyfile=settings.http_tls_key or None,
-        )
+        if settings.http_workers > 1:
+            return serving.supervise(settings, listeners, settings.http_workers)
+        serving.serve_worker(settings, listeners)
+    except KeyboardInterrupt:
+        pass
     finally:
-        _stop_listeners(dicom, hl7)
+        listeners.close()
     return 0
 
 
-def _stop_listeners(dicom: DicomServer | None, hl7: Hl7Listener | None) -> None:
-    if hl7 is not None:
-        hl7.stop()
-        if dicom is None:
-            hl7.services.close()
-    if dicom is not None:
-        dicom.stop()
-        dicom.services.close()
+def _announce(settings: Settings, listeners: Listeners) -> None:
+    from pacs.serving import port_of
 
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
-def _start_dicom(settings: Settings) -> DicomServer | None:
-    """The DICOM listener runs in this (supervising) process, beside the HTTP workers."""
-    if not settings.dicom_enabled:
-        return None
-    from pacs.dimse.server import DicomServer
-    from pacs.services import Services
-
-    server = DicomServer(settings, Services.build(settings, migrate=False))
-    server.start()
-    return server
-
-
-def _start_hl7(settings: Settings, services: Services | None) -> Hl7Listener | None:
-    """The HL7 (MLLP) listener, in this process too; it shares the DICOM listener's services."""
-    if not settings.hl7_enabled:
-        return None
-    from pacs.services import Services
-    from worklist.hl7.listener import Hl7Listener
-
-    owned = services is None
-    listener = Hl7Listener(settings, services or Services.build(settings, migrate=False))
-    try:
-        listener.start()
-    except OSError:
-        if owned:
-            listener.services.close()
-        raise
-    return listener
-
-
-def _announce(settings: Settings, *, dicom_port: int | None, dicom_tls_port: int | None = None,
-              hl7_port: int | None = None) -> None:
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
-    root = f"{'https' if settings.http_tls_cert else 'http'}://{host}:{settings.http_port}"
-    print("minipacs is starting", flush=True)
+    root = f"{'https' if settings.http_tls_cert else 'http'}://{host}:{port_of(listeners.http)}"
+    workers = f"{settings.http_workers} worker processes" if settings.http_workers > 1 else "one process"
+    print(f"minipacs is starting ({workers})", flush=True)
     print(f"  DICOMweb:  {root}/dicom-web   (QIDO-RS, WADO-RS, STOW-RS)", flush=True)
     print(f"  Health:    {root}/health", flush=True)
     print(f"  Viewer:    {_viewer_line(root)}", flush=True)
-    if dicom_port is not None:
-        print(f"  DICOM:     {settings.ae_title} on {settings.dicom_host}:{dicom_port}   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)", flush=True)
-    if dicom_tls_port is not None:
-        print(f"  DICOM TLS: {settings.ae_title} on {settings.dicom_host}:{dicom_tls_port}", flush=True)
-    if hl7_port is not None:
-        print(f"  HL7 v2:    MLLP on {settings.effective_hl7_host}:{hl7_port}   (ORM^O01, OMI^O23, SIU^S12-S15, "
-              "ADT^A08, ADT^A40)", flush=True)
+    if listeners.dicom is not None:
+        print(f"  DICOM:     {settings.ae_title} on {settings.dicom_host}:{port_of(listeners.dicom)}   "
+              "(C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, MWL, MPPS)", flush=True)
+    if listeners.dicom_tls is not None:
+        print(f"  DICOM TLS: {settings.ae_title} on {settings.dicom_host}:{port_of(listeners.dicom_tls)}", flush=True)
+    if listeners.hl7 is not None:
+        print(f"  HL7 v2:    MLLP on {settings.effective_hl7_host}:{port_of(listeners.hl7)}   (ORM^O01, OMI^O23, "
+              "SIU^S12-S15, ADT^A08, ADT^A40)", flush=True)
     print(f"  Index:     {_redact(settings.effective_database_url)}", flush=True)
     print(f"  Storage:   {settings.effective_storage_url}", flush=True)
 
@@ -298,12 +238,6 @@ def _redact(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]
     return scheme + sep + rest
-
-
-def _export(settings: Settings) -> None:
-    os.environ["MINIPACS_DATA_DIR"] = str(settings.data_dir.resolve())
-    os.environ["MINIPACS_HTTP_HOST"] = settings.http_host
-    os.environ["MINIPACS_HTTP_PORT"] = str(settings.http_port)
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ import ipaddress
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -18,6 +17,7 @@ from pacs.errors import InvalidInput, NotAuthenticated, TooManyAttempts
 from pacs.security.authn import csrf_token
 from pacs.security.http import CSRF_COOKIE, SESSION_COOKIE, client_address, principal_of
 from pacs.security.principal import Principal
+from pacs.threads import run_blocking
 
 
 async def login(request: Request) -> Response:
@@ -28,7 +28,7 @@ async def login(request: Request) -> Response:
     if not username or not password:
         raise InvalidInput("send username and password (JSON or form)")
     try:
-        secret, principal = await run_in_threadpool(services.authenticator.login, username, password, address)
+        secret, principal = await run_blocking(services.authenticator.login, username, password, address)
     except NotAuthenticated as exc:
         status = 429 if isinstance(exc, TooManyAttempts) else 401
         services.audit.record(
@@ -58,7 +58,7 @@ async def logout(request: Request) -> Response:
     principal = principal_of(request)
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
-        await run_in_threadpool(services.authenticator.logout, secret)
+        await run_blocking(services.authenticator.logout, secret)
     services.audit.record(AuditEvent.of(principal, "http", Action.LOGOUT, Outcome.SUCCESS, status=204))
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")

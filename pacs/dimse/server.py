@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import socket
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacs import tls
 from pacs.config import Settings
 from pacs.dimse import handlers, worklist
+from pacs.dimse.listening import serve_on
 from pacs.services import Services
 
 log = logging.getLogger("pacs.dimse")
@@ -125,8 +127,13 @@ class AllowList:
 class DicomServer:
     """The DICOM listener running in background threads of the serving process."""
 
-    def __init__(self, settings: Settings, services: Services) -> None:
+    def __init__(
+        self, settings: Settings, services: Services,
+        listeners: tuple[socket.socket | None, socket.socket | None] | None = None,
+    ) -> None:
         self.settings = settings
+        # Listening sockets opened by the caller (plain, TLS); None: bind the configured ports.
+        self.listeners = listeners
         # Handlers read the listener's settings (allowlist, AE title) through the services they get.
         self.services = services if services.settings == settings else dataclasses.replace(services, settings=settings)
         self.ae = build_ae(settings)
@@ -140,6 +147,9 @@ class DicomServer:
 
     def start(self) -> None:
         table = handler_table(self.services, self.allowlist)
+        if self.listeners is not None:
+            self._start_on(*self.listeners, table)
+            return
         address = (self.settings.dicom_host, self.settings.dicom_port)
         server = self.ae.start_server(address, block=False, evt_handlers=table)
         assert server is not None
@@ -161,6 +171,14 @@ class DicomServer:
         assert tls_server is not None
         self.tls_server = tls_server
         log.info("DICOM TLS listener %s on %s:%d", self.settings.ae_title, *tls_server.server_address[:2])
+
+    def _start_on(self, plain: socket.socket | None, secure: socket.socket | None, table: list[Any]) -> None:
+        if plain is not None:
+            self.server = serve_on(self.ae, plain, evt_handlers=table)
+        if secure is not None and self.tls_context is not None:
+            self.tls_server = serve_on(
+                self.ae, secure, evt_handlers=[(evt.EVT_CONN_OPEN, self._handshake), *table], ssl_context=self.tls_context
+            )
 
     def _handshake(self, event: Any) -> None:
         """The TLS handshake, in the connection's own thread (pacs.tls defers it from the accept loop)."""

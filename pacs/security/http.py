@@ -13,7 +13,6 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import quote
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,6 +23,7 @@ from pacs.audit.trail import Action, AuditEvent, Outcome
 from pacs.security.authn import csrf_token
 from pacs.security.policy import Operation, authorize
 from pacs.security.principal import Principal, open_principal
+from pacs.threads import run_blocking
 from viewer_static.routes import is_api_path, is_viewer_asset
 
 SESSION_COOKIE = "minipacs_session"
@@ -126,10 +126,10 @@ async def _authenticate(services: Any, scope: Scope, address: str) -> Principal:
         principal = authn.cached("t:" + _sha(credential))
         if principal is not None:
             return principal.at(address)
-        return await run_in_threadpool(authn.bearer, credential, address)
+        return await run_blocking(authn.bearer, credential, address)
     if scheme.lower() == "basic" and credential:
         username, password = _basic(credential)
-        return await run_in_threadpool(authn.basic, username, password, address)
+        return await run_blocking(authn.basic, username, password, address)
     if authorization:
         raise errors.NotAuthenticated(f"unsupported Authorization scheme {scheme!r}; use Bearer or Basic")
     session = _cookie(headers.get("cookie", ""), SESSION_COOKIE)
@@ -142,7 +142,7 @@ async def _authenticate(services: Any, scope: Scope, address: str) -> Principal:
     principal = authn.cached("s:" + _sha(session))
     if principal is not None:
         return principal.at(address)
-    return await run_in_threadpool(authn.session, session, address)
+    return await run_blocking(authn.session, session, address)
 
 
 def _sha(secret: str) -> str:
@@ -227,7 +227,7 @@ def guarded(operation: Operation, endpoint: Endpoint) -> Endpoint:
         try:
             response: Response
             if blocking:  # as Starlette runs plain-function endpoints: off the event loop
-                response = await run_in_threadpool(endpoint, request)  # type: ignore[arg-type]
+                response = await run_blocking(endpoint, request)  # type: ignore[arg-type]
             else:
                 response = await endpoint(request)  # type: ignore[misc]
         except errors.PacsError as exc:

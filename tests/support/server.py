@@ -55,17 +55,18 @@ def running_server(
     log_path: Path | None = None,
     extra_env: dict[str, str] | None = None,
     verify: ssl.SSLContext | bool = True,
+    arguments: list[str] | None = None,
 ) -> Iterator[str]:
     """Start `minipacs serve` on a free port; yield its base URL; stop it with SIGTERM. With
     MINIPACS_HTTP_TLS_CERT in `extra_env` the URL is https://, checked with `verify`."""
     port = free_port()
     env = {
         **os.environ, **settings_env(settings), "MINIPACS_HTTP_PORT": str(port), "MINIPACS_HL7_PORT": "off",
-        **(extra_env or {}),
+        "MINIPACS_DICOM_PORT": str(free_port()), **(extra_env or {}),
     }
     log = open(log_path or settings.data_dir.parent / "server.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pacs.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "pacs.cli", "serve", *(arguments or [])], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     scheme = "https" if env.get("MINIPACS_HTTP_TLS_CERT") else "http"
     url = f"{scheme}://127.0.0.1:{port}"

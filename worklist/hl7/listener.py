@@ -3,6 +3,8 @@ and the Services of the serving process."""
 
 from __future__ import annotations
 
+import socket
+
 from pacs.config import Settings
 from pacs.index.hl7_log import Hl7Log
 from pacs.index.patient_orders import PatientOrderRepository
@@ -23,13 +25,15 @@ def build_receiver(services: Services, settings: Settings | None = None) -> Hl7R
 class Hl7Listener:
     """Started and stopped with the server; `port` is the one bound (useful with port 0)."""
 
-    def __init__(self, settings: Settings, services: Services, *, block_timeout: float = 60.0) -> None:
+    def __init__(
+        self, settings: Settings, services: Services, *, block_timeout: float = 60.0, sock: socket.socket | None = None
+    ) -> None:
         self.settings = settings
         self.services = services
         self.receiver = build_receiver(services, settings)
         self.server = MllpServer(
             self.receiver, settings.effective_hl7_host, settings.hl7_port,
-            max_message_bytes=settings.hl7_max_message_bytes, block_timeout=block_timeout,
+            max_message_bytes=settings.hl7_max_message_bytes, block_timeout=block_timeout, sock=sock,
         )
 
     @property

@@ -147,9 +147,10 @@ class MllpServer:
 
     def __init__(
         self, handler: FrameHandler, host: str, port: int, *, max_message_bytes: int, workers: int = 8,
-        block_timeout: float = 60.0,
+        block_timeout: float = 60.0, sock: socket.socket | None = None,
     ) -> None:
         self.handler = handler
+        self.sock = sock  # a listening socket to serve on (shared by worker processes) instead of binding
         self.host, self.requested_port = host, port
         self.max_message_bytes = max_message_bytes
         self.block_timeout = block_timeout  # silence inside a block longer than this ends the connection
@@ -172,7 +173,11 @@ class MllpServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            self._server = loop.run_until_complete(asyncio.start_server(self._serve, self.host, self.requested_port))
+            if self.sock is not None:
+                started = asyncio.start_server(self._serve, sock=self.sock)
+            else:
+                started = asyncio.start_server(self._serve, self.host, self.requested_port)
+            self._server = loop.run_until_complete(started)
         except OSError as exc:
             ready.set_exception(exc)
             loop.close()
@@ -219,10 +224,10 @@ class MllpServer:
         except asyncio.CancelledError:
             pass
         finally:
-            self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+            self._connections.discard(task)  # last: stop() waits for the tasks still in the set
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         decoder = MllpDecoder(self.max_message_bytes)
