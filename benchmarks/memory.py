@@ -1,9 +1,12 @@
-"""Resident memory and CPU time of a server process tree, read from /proc (Linux only).
+"""Memory and CPU time of a server process tree, read from /proc (Linux only).
 
-``VmHWM`` is each process's own peak resident size; for a tree (uvicorn's supervisor and its
-workers) the figures are summed, which can only over-state the true simultaneous peak. A sampler
-thread also records the summed ``VmRSS`` per benchmark phase, so the memory taken by one phase
-(the 2 GB STOW) can be told apart from the peak of the whole run.
+The memory figure is the tree's proportional set size (``Pss`` of /proc/<pid>/smaps_rollup,
+summed): each page counts once, split between the processes that share it. For one process it is
+its resident size less its share of shared libraries; for pre-forked workers, which share the
+pages of the code they were forked with, summing ``VmRSS`` instead would count those pages once
+per process. A sampler thread records the sum per benchmark phase (every 0.1 s), so the memory
+taken by one phase (the 2 GB STOW) can be told apart from the peak of the whole run. ``VmHWM``
+(each process's own peak resident size) is summed too, as an upper bound.
 """
 
 from __future__ import annotations
@@ -48,13 +51,28 @@ def tree_rss(pid: int) -> int:
     return sum(_status_kib(p, "VmRSS") for p in process_tree(pid)) * 1024
 
 
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return _status_kib(pid, "VmRSS")
+
+
+def tree_pss(pid: int) -> int:
+    """Current proportional set size of the tree, in bytes."""
+    return sum(_pss_kib(p) for p in process_tree(pid)) * 1024
+
+
 def tree_peak(pid: int) -> int:
     """Sum of the processes' VmHWM (peak resident bytes) over the tree."""
     return sum(_status_kib(p, "VmHWM") for p in process_tree(pid)) * 1024
 
 
 class RssSampler:
-    """Samples the tree's resident size every ``interval`` seconds; keeps the maximum per phase."""
+    """Samples the tree's memory (PSS) every ``interval`` seconds; keeps the maximum per phase."""
 
     def __init__(self, pid: int | None, interval: float = 0.1) -> None:
         self.pid = pid
@@ -83,7 +101,7 @@ class RssSampler:
     def sample(self) -> None:
         if self.pid is None:
             return
-        rss = tree_rss(self.pid)
+        rss = tree_pss(self.pid)
         if rss:
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
         self.hwm_seen = max(self.hwm_seen, tree_peak(self.pid))

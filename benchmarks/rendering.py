@@ -95,7 +95,7 @@ class RenderFigure:
     image_bytes: int = 0  # the last image's size
     error: str = ""  # the answer of a request that failed (a figure with no samples shows "-")
     seconds: float = 0.0
-    peak_rss: int | None = None  # walks: the server's peak summed VmRSS sampled meanwhile
+    peak_rss: int | None = None  # walks: the server's peak summed PSS sampled meanwhile
 
     @property
     def p50(self) -> float:

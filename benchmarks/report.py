@@ -93,6 +93,13 @@ def _rss_row(label: str, mine: int | None, theirs: int | None) -> Row:
     return Row(label, fmt(mine), fmt(theirs), _x(_ratio(mine, theirs)), f"< {RSS_LIMIT // MB} MB", _verdict(ok))
 
 
+def _info_mb_row(label: str, mine: int | None, theirs: int | None) -> Row:
+    def fmt(value: int | None) -> str:
+        return "-" if value is None else _num(value / MB, 0)
+
+    return Row(label, fmt(mine), fmt(theirs), _x(_ratio(mine, theirs)))
+
+
 def _cpu_row(label: str, phase: str, unit: str, m: TargetResult | None, o: TargetResult | None) -> Row:
     """CPU milliseconds per unit of work (instance, MB) spent by the server, its S3 server and
     PostgreSQL."""
@@ -150,7 +157,10 @@ def _read_rows(m: TargetResult | None, o: TargetResult | None) -> list[Row]:
 
 
 def _memory_rows(m: TargetResult | None, o: TargetResult | None) -> list[Row]:
-    rows = [_rss_row("Peak server RSS, whole run (MB)", _get(m, "peak_rss"), _get(o, "peak_rss"))]
+    rows = [
+        _rss_row("Peak server memory (PSS), whole run (MB)", _get(m, "peak_rss"), _get(o, "peak_rss")),
+        _info_mb_row("(summed peak RSS of its processes, VmHWM, MB)", _get(m, "peak_hwm"), _get(o, "peak_hwm")),
+    ]
     bigs = [t for t in (_get(m, "big"), _get(o, "big")) if t is not None]
     if not bigs:
         return rows
@@ -163,7 +173,7 @@ def _memory_rows(m: TargetResult | None, o: TargetResult | None) -> list[Row]:
     size = max(t.bytes for t in bigs) / 1e9
     name = f"{size:.1f} GB" if size >= 1 else f"{size * 1000:.0f} MB"
     rows.append(Row(f"{name} STOW-RS (one request): time", big(_get(m, "big")), big(_get(o, "big"))))
-    rows.append(_rss_row(f"Server RSS during the {name} STOW (MB)", _get(m, "big_rss"), _get(o, "big_rss")))
+    rows.append(_rss_row(f"Server memory (PSS) during the {name} STOW (MB)", _get(m, "big_rss"), _get(o, "big_rss")))
     return rows
 
 
@@ -232,7 +242,7 @@ def build_render_rows(m: TargetResult | None, o: TargetResult | None, frames: in
     for key, what, phase in (("series_walk", f"{frames:,}-instance series", "render_series_walk"),
                              ("multiframe_walk", f"{frames:,}-frame instance", "render_multiframe_walk")):
         mine, theirs = pick(mp, key), pick(op, key)
-        peak = _rss_row(f"Peak server RSS rendering every frame of a {what} (MB)", _peak(mine), _peak(theirs))
+        peak = _rss_row(f"Peak server memory (PSS) rendering every frame of a {what} (MB)", _peak(mine), _peak(theirs))
         peak.mine, peak.theirs = _walked(peak.mine, mine), _walked(peak.theirs, theirs)
         rows += [peak, Row(f"({what}: p50 / p95 ms per frame)", _latency(mine), _latency(theirs),
                            _x(_ratio(_p50(mine), _p50(theirs)))),

@@ -65,10 +65,11 @@ class TargetResult:
     wado: Throughput | None = None
     metadata: Latency | None = None
     big: Throughput | None = None
-    big_rss: int | None = None  # peak summed VmRSS sampled during the huge STOW
+    big_rss: int | None = None  # peak summed PSS sampled during the huge STOW
     dimse: dimse.DimseResult | None = None
     pixels: rendering.PixelResult | None = None
-    peak_rss: int | None = None  # summed VmHWM at the end of the run (before the rendering phases)
+    peak_rss: int | None = None  # peak summed PSS sampled over the run (before the rendering phases)
+    peak_hwm: int | None = None  # summed VmHWM at the end of the run: an upper bound
     seeding: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> CPU seconds by whom
 
@@ -186,7 +187,8 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
             rss.set_phase("end")
             result.big_rss = rss.peaks.get("big")
         rss.sample()
-        result.peak_rss = rss.hwm_seen if server.pid else None
+        result.peak_rss = rss.sampled_peak if server.pid else None
+        result.peak_hwm = rss.hwm_seen if server.pid else None
         if options.render and data.pixels is not None:
             def before(message: str) -> None:
                 _quiet(server, options)
