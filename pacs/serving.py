@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -107,6 +108,7 @@ def serve_worker(settings: Settings, listeners: Listeners) -> None:
     from pacs.app import build_app
     from pacs.services import Services
 
+    _tune_process(settings)
     services = Services.build(settings, migrate=False)
     dicom = hl7 = None
     try:
@@ -133,6 +135,22 @@ def serve_worker(settings: Settings, listeners: Listeners) -> None:
         if dicom is not None:
             dicom.stop()
         services.close()
+
+
+def _tune_process(settings: Settings) -> None:
+    """Process-wide settings of a serving process."""
+    from pydicom import config as pydicom_config
+
+    # Temp files (pynetdicom's received C-STORE data sets among them) go to the data volume: a
+    # RAM-backed /tmp would hold whole instances in memory, and storing them would be a copy
+    # instead of a rename.
+    temp = settings.data_dir / "tmp"
+    temp.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(temp)
+    # pydicom checks every value it converts against its VR's rules, only to warn: received
+    # objects are kept as sent anyway, and the command sets of every DIMSE message pay for it.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 
 def _start_dicom(settings: Settings, services: object, listeners: Listeners) -> object | None:
