@@ -1,22 +1,30 @@
-"""A patient's orders as a whole: moving them to another patient ID when two patient records
-are merged (HL7 ADT^A40). The rules (what is checked first) live in worklist.hl7.intake."""
+"""Order reads and writes that only HL7 intake needs: whether a placer order number is taken
+(asked for every new order, so one lean query), and moving a patient's orders to another patient
+ID when two patient records are merged (ADT^A40). The rules live in worklist.hl7.intake."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, bindparam, or_, select, update
 
-from pacs.index.database import write_transaction
+from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import orders
 
+_BY_PLACER = select(orders.c.order_number).where(orders.c.placer_order_number == bindparam("placer")).limit(1)
 
-class PatientOrderRepository:
+
+class Hl7OrderRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def reassign(self, prior: tuple[str, str], values: dict[str, Any], *, now: datetime) -> list[str]:
+    def order_with_placer_number(self, placer: str) -> str | None:
+        """The order number of an order with this placer order number, if there is one."""
+        with read_transaction(self.engine) as conn:
+            return conn.execute(_BY_PLACER, {"placer": placer}).scalar()
+
+    def reassign_patient(self, prior: tuple[str, str], values: dict[str, Any], *, now: datetime) -> list[str]:
         """Give every order of the prior patient (ID, issuer) the new patient's `values`
         (patient_id, issuer_of_patient_id and demographics), open and closed alike: the prior
         ID no longer names anyone. An empty issuer on either side matches any. The order

@@ -14,8 +14,8 @@ from pacs.audit.trail import Action
 from pacs.index.audit import AuditFilter
 from pacs.index.database import open_engine
 from pacs.index.hl7_log import Hl7Log, MessageFilter
+from pacs.index.hl7_orders import Hl7OrderRepository
 from pacs.index.orders import Order, OrderFilter, OrderRepository
-from pacs.index.patient_orders import PatientOrderRepository
 from pacs.index.reference import ReferenceRepository
 from pacs.services import Services
 from tests.support.hl7 import (
@@ -262,10 +262,10 @@ def test_ar_when_the_database_is_down_and_the_message_applies_when_sent_again(se
     sent = new_order("AR-1", "P-AR")
     try:
         # Nothing reachable at all: AR, and nothing could be kept.
-        nothing = Hl7Receiver(Hl7Intake(orders_down, PatientOrderRepository(down)), Hl7Log(down))
+        nothing = Hl7Receiver(Hl7Intake(orders_down, Hl7OrderRepository(down)), Hl7Log(down))
         _answer_over_mllp(nothing, sent, "AR", "database unavailable")
         # The log is up but the orders are not: AR, logged, and the claim given back.
-        half = Hl7Receiver(Hl7Intake(orders_down, PatientOrderRepository(down)), Hl7Log(services.engine))
+        half = Hl7Receiver(Hl7Intake(orders_down, Hl7OrderRepository(down)), Hl7Log(services.engine))
         _answer_over_mllp(half, sent, "AR", "database unavailable")
     finally:
         down.dispose()

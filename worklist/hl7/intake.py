@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacs.errors import Conflict, InvalidInput, InvalidMessage, MissingField, NotFound, UnsupportedMessage
+from pacs.index.hl7_orders import Hl7OrderRepository
 from pacs.index.orders import Order, OrderFilter
-from pacs.index.patient_orders import PatientOrderRepository
 from worklist.hl7.mapping import (
     SOURCES,
     OrderGroup,
@@ -56,9 +56,9 @@ class Applied:
 
 
 class Hl7Intake:
-    def __init__(self, orders: OrderService, patients: PatientOrderRepository) -> None:
+    def __init__(self, orders: OrderService, hl7_orders: Hl7OrderRepository) -> None:
         self.orders = orders
-        self.patients = patients
+        self.hl7_orders = hl7_orders
         self.handlers: dict[tuple[str, str], Callable[[Hl7Message, str], Applied]] = {
             ("ORM", "O01"): self.order_message,
             ("OMI", "O23"): self.order_message,
@@ -119,12 +119,9 @@ class Hl7Intake:
         body = {**patient_fields(message), **order_fields(group, message)}
         validated_fields(body, CREATABLE)  # refused before anything of the message is applied
         placer = body.get("placer_order_number")
-        if placer:
-            taken = self.orders.search(OrderFilter(placer_order_number=placer, limit=1))
-            if taken:
-                raise Conflict(
-                    f"placer order number {placer} is already order {taken[0].order_number}; change it with XO"
-                )
+        taken = self.hl7_orders.order_with_placer_number(placer) if placer else None
+        if taken is not None:
+            raise Conflict(f"placer order number {placer} is already order {taken}; change it with XO")
 
         def create(changed: list[Order]) -> str:
             order = self.orders.create(body, created_by=actor)
@@ -249,7 +246,7 @@ class Hl7Intake:
         demographics = {k: v for k, v in patient_fields(message, identifier=False).items() if v is not None}
         values = validated_fields({"patient_id": patient_id, **demographics}, CREATABLE)
         values["issuer_of_patient_id"] = issuer
-        moved = self.patients.reassign(prior, values, now=self.orders.clock())
+        moved = self.hl7_orders.reassign_patient(prior, values, now=self.orders.clock())
         if not moved:
             return Applied(f"no orders of patient {prior[0]}; nothing moved", patient_id)
         return Applied(f"moved {', '.join(moved)} from patient {prior[0]} to {patient_id}", patient_id)

@@ -7,7 +7,7 @@ import socket
 
 from pacs.config import Settings
 from pacs.index.hl7_log import Hl7Log
-from pacs.index.patient_orders import PatientOrderRepository
+from pacs.index.hl7_orders import Hl7OrderRepository
 from pacs.services import Services
 from worklist.hl7.intake import Hl7Intake
 from worklist.hl7.mllp import MllpServer
@@ -16,7 +16,7 @@ from worklist.hl7.receiver import Hl7Receiver
 
 def build_receiver(services: Services, settings: Settings | None = None) -> Hl7Receiver:
     settings = settings or services.settings
-    intake = Hl7Intake(services.orders, PatientOrderRepository(services.engine))
+    intake = Hl7Intake(services.orders, Hl7OrderRepository(services.engine))
     return Hl7Receiver(
         intake, Hl7Log(services.engine), services.audit, max_message_bytes=settings.hl7_max_message_bytes
     )
