@@ -12,12 +12,16 @@ from __future__ import annotations
 from datetime import datetime, tzinfo
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.dicom.query import Condition, MatchKind
 from pacs.index.worklist import WorklistRepository
 from worklist.dicom_time import day_bounds
-from worklist.mwl_answer import Values, order_values, worklist_answer
+from worklist.mwl_answer import AnswerKey, Values, answer_plan, order_values, worklist_answer
+from worklist.mwl_encode import encoded_answer
 from worklist.mwl_query import matches, parse_identifier
+
+_LITTLE_ENDIAN = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}  # transfer syntax -> implicit VR
 
 
 class WorklistService:
@@ -39,11 +43,20 @@ class WorklistService:
                 found.append(values)
         return found
 
-    def answer(self, identifier: Dataset, values: Values) -> Dataset:
-        return worklist_answer(identifier, values)
+    def plan(self, identifier: Dataset) -> tuple[AnswerKey, ...]:
+        """The keys every answer to this identifier holds, worked out once per query."""
+        return answer_plan(identifier)
+
+    def answer(self, plan: tuple[AnswerKey, ...], values: Values, transfer_syntax: str = "") -> Dataset:
+        """One response identifier, pre-encoded for the little endian syntaxes of the association."""
+        implicit = _LITTLE_ENDIAN.get(transfer_syntax)
+        if implicit is None:
+            return worklist_answer(plan, values)
+        return encoded_answer(plan, values, implicit=implicit)
 
     def find(self, identifier: Dataset) -> list[Dataset]:
-        return [self.answer(identifier, values) for values in self.matching(identifier)]
+        plan = self.plan(identifier)
+        return [worklist_answer(plan, values) for values in self.matching(identifier)]
 
     def _start_bounds(self, condition: Condition | None) -> tuple[datetime | None, datetime | None]:
         if condition is None:

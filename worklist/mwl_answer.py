@@ -9,7 +9,9 @@ back to it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta, tzinfo
+from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -26,6 +28,7 @@ Values = dict[str, Any]
 PRIORITY = {"STAT": "STAT", "URGENT": "HIGH", "ROUTINE": "ROUTINE"}
 # PS3.3 C.4.10 Scheduled Procedure Step Status: an order in progress is a started step.
 STEP_STATUS = {"ORDERED": "SCHEDULED", "SCHEDULED": "SCHEDULED", "IN_PROGRESS": "STARTED"}
+CHARACTER_SET = "ISO_IR 192"  # order values are Unicode; UTF-8 carries them all
 # Procedure codes are the site's own: a private coding scheme (PS3.16 8.1: "99" prefix).
 CODING_SCHEME = "99MINIPACS"
 # Longest values per VR (PS3.5 Table 6.2-1), so no answer carries a value its VR cannot hold.
@@ -96,74 +99,83 @@ def _code_item(order: Order) -> Values | None:
     }
 
 
-def worklist_answer(requested: Dataset, values: Values) -> Dataset:
-    """The response identifier: each requested key with the order's value, or zero length
-    (PS3.4 C.2.2.1.2: a key we hold no value for still comes back, empty)."""
+@dataclass(frozen=True)
+class AnswerKey:
+    """A requested key: its tag, keyword and VR; for a sequence, the requested item keys (None:
+    none were named, so every attribute we hold is returned, as wlmscpfs and most SCPs do)."""
+
+    tag: int
+    keyword: str
+    vr: str
+    items: tuple[AnswerKey, ...] | None = None
+
+
+def answer_plan(requested: Dataset) -> tuple[AnswerKey, ...]:
+    """The keys an identifier asks for, worked out once per query (PS3.4 C.2.2.1.2: exactly these
+    come back, each with the order's value or empty)."""
+    plan = []
+    for element in requested:
+        tag = element.tag
+        # File meta, group lengths (retired, PS3.5 7.2), the character set (ours), private tags.
+        if tag.group == 0x0002 or tag.element == 0 or tag == 0x00080005 or tag.is_private:
+            continue
+        if element.VR == "SQ":
+            template = element.value[0] if element.value else None
+            items = answer_plan(template) if template is not None and len(template) else None
+            plan.append(AnswerKey(int(element.tag), element.keyword, "SQ", items))
+        else:
+            plan.append(AnswerKey(int(element.tag), element.keyword, _vr(element)))
+    return tuple(plan)
+
+
+def expanded_keys(item: Values) -> tuple[AnswerKey, ...]:
+    """Every attribute of one of our sequence items, for a sequence requested without item keys."""
+    return tuple(sorted((_key_of(keyword, isinstance(value, list)) for keyword, value in item.items()),
+                        key=lambda key: key.tag))
+
+
+@lru_cache(maxsize=256)
+def _key_of(keyword: str, is_sequence: bool) -> AnswerKey:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return AnswerKey(tag, keyword, "SQ" if is_sequence else dictionary_VR(keyword))
+
+
+def _vr(element: DataElement) -> str:
+    try:
+        vr = dictionary_VR(element.tag)
+    except KeyError:
+        return element.VR
+    return element.VR if "or" in vr else vr  # ambiguous (US or SS): we hold no such value; as asked
+
+
+def dicom_text(vr: str, value: Any) -> str | None:
+    """A value as its VR may hold it (None: empty): clipped to the VR's length, and without a
+    backslash where one would split it in two (PS3.5 6.2, 6.4)."""
+    if value is None or value == "" or isinstance(value, list):
+        return None
+    text = str(value)[: _MAX_LENGTH.get(vr, 10240)]
+    return text if vr in _TEXT_VRS else text.replace("\\", "/")
+
+
+def worklist_answer(plan: tuple[AnswerKey, ...], values: Values) -> Dataset:
+    """The response identifier as a pydicom data set (the encoder in mwl_encode writes the same
+    bytes faster for the little endian syntaxes)."""
     answer = Dataset()
-    answer.SpecificCharacterSet = "ISO_IR 192"  # order values are Unicode; UTF-8 carries them all
-    _fill(answer, requested, values)
+    answer.SpecificCharacterSet = CHARACTER_SET
+    _fill(answer, plan, values)
     return answer
 
 
-def _fill(target: Dataset, requested: Dataset, values: Values) -> None:
-    for element in requested:
-        if element.tag.group == 0x0002 or element.keyword == "SpecificCharacterSet" or element.tag.is_private:
+def _fill(target: Dataset, plan: tuple[AnswerKey, ...], values: Values) -> None:
+    for key in plan:
+        value = values.get(key.keyword)
+        if key.vr != "SQ":
+            target.add(DataElement(key.tag, key.vr, dicom_text(key.vr, value)))
             continue
-        if element.VR == "SQ":
-            target.add(_sequence(element, values.get(element.keyword) or []))
-        else:
-            target.add(_element(element, values.get(element.keyword)))
-
-
-def _sequence(requested: DataElement, items: list[Values]) -> DataElement:
-    """Each of our items with the requested item keys; a sequence asked for with no item, or an
-    empty one, is expanded to every attribute we hold (as wlmscpfs and most SCPs do)."""
-    template = requested.value[0] if requested.value else None
-    answered = []
-    for item in items:
-        out = Dataset()
-        if template is None or len(template) == 0:
-            _expand(out, item)
-        else:
-            _fill(out, template, item)
-        answered.append(out)
-    return DataElement(requested.tag, "SQ", Sequence(answered))
-
-
-def _expand(target: Dataset, item: Values) -> None:
-    for keyword, value in item.items():
-        if isinstance(value, list):
-            target.add(DataElement(_tag(keyword), "SQ", Sequence([_expanded(v) for v in value])))
-        else:
-            target.add(_value_element(_tag(keyword), dictionary_VR(keyword), value))
-
-
-def _expanded(item: Values) -> Dataset:
-    out = Dataset()
-    _expand(out, item)
-    return out
-
-
-def _element(requested: DataElement, value: Any) -> DataElement:
-    try:
-        vr = dictionary_VR(requested.tag)
-    except KeyError:
-        vr = requested.VR
-    if "or" in vr:  # ambiguous VRs (US or SS): we hold no such values; answer what was asked
-        vr = requested.VR
-    return _value_element(requested.tag, vr, value)
-
-
-def _value_element(tag: Any, vr: str, value: Any) -> DataElement:
-    if value is None or value == "" or isinstance(value, list):
-        return DataElement(tag, vr, None)
-    text = str(value)[: _MAX_LENGTH.get(vr, 10240)]
-    if vr not in _TEXT_VRS:
-        text = text.replace("\\", "/")  # a backslash would split the value in two (PS3.5 6.4)
-    return DataElement(tag, vr, text)
-
-
-def _tag(keyword: str) -> Any:
-    tag = tag_for_keyword(keyword)
-    assert tag is not None, keyword
-    return tag
+        items = []
+        for item in value if isinstance(value, list) else []:
+            out = Dataset()
+            _fill(out, key.items if key.items is not None else expanded_keys(item), item)
+            items.append(out)
+        target.add(DataElement(key.tag, "SQ", Sequence(items)))

@@ -30,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import tls
 from pacs.config import Settings
-from pacs.dimse import handlers, tuning, worklist
+from pacs.dimse import handlers, preencoded, tuning, worklist
 from pacs.dimse.listening import serve_on
 from pacs.services import Services
 
@@ -42,6 +42,7 @@ def build_ae(settings: Settings) -> AE:
     # Received data sets go to a temp file instead of memory; ingest takes the file as is.
     _config.STORE_RECV_CHUNKED_DATASET = True
     tuning.apply()
+    preencoded.apply()  # worklist answers come encoded already
     # Query identifiers carry patient names and IDs: they stay out of the log. Our own handlers
     # log each association and operation once; pynetdicom's per-message lines are noise.
     _config.LOG_REQUEST_IDENTIFIERS = False

@@ -44,6 +44,7 @@ def handle_worklist_find(event: Event, services: Services) -> Iterator[tuple[int
     try:
         identifier = event.identifier
         found = services.worklist.matching(identifier)
+        plan = services.worklist.plan(identifier)
     except errors.PacsError as exc:
         log.warning("MWL C-FIND from %s refused: %s", handlers.peer(event), type(exc).__name__)  # may quote PHI
         code = status.status_for(exc, service="query")
@@ -59,11 +60,12 @@ def handle_worklist_find(event: Event, services: Services) -> Iterator[tuple[int
         services, principal, Action.SEARCH, Outcome.SUCCESS, status.SUCCESS,
         detail={"worklist": worklist_summary(identifier), "results": len(found)},
     )
+    syntax = str(event.context.transfer_syntax)
     for values in found:
         if event.is_cancelled:
             yield status.CANCEL, None
             return
-        yield status.PENDING, services.worklist.answer(identifier, values)
+        yield status.PENDING, services.worklist.answer(plan, values, syntax)
 
 
 def worklist_summary(identifier: Dataset) -> dict[str, str]:
