@@ -195,6 +195,8 @@ BAD_CONTENT = [
     ("unsupported type", message("ADT^A01", "B-9", pid()), "AR", "200", "ADT^A01 is not a message type"),
     ("unsupported version", message("ORM^O01", "B-10", pid(), version="3.0"), "AR", "200", "version"),
     ("no control ID", new_order("", "PB-11"), "AE", "101", "MSH-10"),
+    ("NUL in a name", message("ORM^O01", "B-12", pid(name="Do\x00e"), orc("NW", "PB-12"), obr()), "AE", "102",
+     "NUL character"),
 ]
 
 

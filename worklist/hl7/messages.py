@@ -159,6 +159,8 @@ def parse_message(payload: bytes, header: Header) -> Hl7Message:
     """The whole message; InvalidMessage when it cannot be read."""
     check_header(header)
     text = decode(payload, header).strip(" \t\r\n")
+    if "\x00" in text:  # no HL7 value holds one, and PostgreSQL text cannot
+        raise InvalidMessage(f"the message holds a NUL character (at character {text.index(chr(0))})")
     # Segments end with <CR> (2.5.2); senders on other systems sometimes send <CR><LF> or <LF>.
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     try:

@@ -9,6 +9,7 @@ keeps the message and sends it again.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from datetime import datetime
 
@@ -104,8 +105,11 @@ class Hl7Receiver:
             return build_ack(header, answer)
         except PacsError as exc:
             return self._refuse_once(received, key, message, actor, answer_for(exc))
-        except Exception:
-            log.exception("HL7 %s from %s could not be applied", header.control_id, received.peer)
+        except Exception as exc:  # noqa: BLE001  # any other failure: AE, and the listener goes on
+            # Not the exception's text: database errors quote the values (patient data) they held.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("HL7 %s from %s could not be applied: %s at %s:%d", header.control_id, received.peer,
+                      type(exc).__name__, frame.filename, frame.lineno)
             return self._refuse_once(received, key, message, actor, internal_error())
         self._audit(message, received, actor, Outcome.SUCCESS, applied, "")
         log.info("HL7 %s %s from %s: AA (log #%d)", header.message_type, header.control_id, received.peer, pk)
