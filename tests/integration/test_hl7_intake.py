@@ -215,6 +215,25 @@ def test_bad_content_is_answered_with_the_reason(
     assert client.exchange(new_order("GOOD", "P-GOOD")).code == "AA"
 
 
+def test_several_orders_in_one_message_apply_together_or_not_at_all(services: Services, client: MllpClient) -> None:
+    refused = message("ORM^O01", "MULTI-1", pid(), orc("NW", "P-A"), obr("P-A"), orc("NW", "P-B"),
+                      obr("P-B", modality="XX"))
+    assert client.exchange(refused).code == "AE"
+    assert services.orders.search(OrderFilter()) == []
+    both = message("ORM^O01", "MULTI-2", pid(), orc("NW", "P-A"), obr("P-A"), orc("NW", "P-B"),
+                   obr("P-B", modality="MR", procedure="MRBRAIN^MR brain"))
+    ack = client.exchange(both)
+    assert ack.code == "AA" and ack.text.count("NW: created") == 2
+    assert (by_placer(services, "P-A").modality, by_placer(services, "P-B").modality) == ("CT", "MR")
+    # Refused while being applied (the second accession number is taken): the first order goes too.
+    late = message("ORM^O01", "MULTI-3", pid(), orc("NW", "P-C"), obr("P-C", accession="ACC-C"), orc("NW", "P-D"),
+                   obr("P-D", accession=by_placer(services, "P-A").accession_number))
+    ack = client.exchange(late)
+    assert ack.code == "AE" and "already used" in ack.text
+    assert services.orders.search(OrderFilter(placer_order_number="P-C")) == []
+    assert len(services.orders.search(OrderFilter())) == 2
+
+
 def test_a_duplicate_placer_order_number_is_refused(services: Services, client: MllpClient) -> None:
     assert client.exchange(new_order("D-1", "P-D")).code == "AA"
     again = client.exchange(new_order("D-2", "P-D"))
