@@ -35,7 +35,7 @@ from pydicom.uid import (
 
 from pacs.dicom.frames import PIXEL_TAGS
 
-__all__ = ["FastHeader", "Unsupported", "read_fast_header"]
+__all__ = ["FastHeader", "Unsupported", "read_fast_header", "read_meta"]
 
 
 class Unsupported(Exception):
@@ -102,7 +102,7 @@ def read_fast_header(buf: bytes | memoryview | Any, size: int, *, inline_limit: 
     not encoded: they are listed in ``bulk`` and left out of ``json``."""
     if size < 132 or buf[128:132] != b"DICM":
         raise Unsupported("no Part 10 preamble")
-    ts, pos = _read_meta(buf, size)
+    ts, pos = read_meta(buf, size)
     if ts == ImplicitVRLittleEndian:
         implicit = True
     elif ts in _EXPLICIT_LE:
@@ -114,8 +114,9 @@ def read_fast_header(buf: bytes | memoryview | Any, size: int, *, inline_limit: 
     return FastHeader(ts, values, vrs, json, pixel_at, end, reader.bulk)
 
 
-def _read_meta(buf: Any, size: int) -> tuple[str, int]:
-    """File Meta Information (PS3.10 7.1), always Explicit VR Little Endian."""
+def read_meta(buf: Any, size: int) -> tuple[str, int]:
+    """The transfer syntax of a Part 10 object and where its data set starts (after the File
+    Meta Information, PS3.10 7.1, always Explicit VR Little Endian)."""
     pos, ts = 132, None
     while pos + 8 <= size:
         group, element, vr_bytes, short = _EXPLICIT_SHORT.unpack_from(buf, pos)

@@ -9,7 +9,7 @@ import socket
 import time
 from typing import Any
 
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 from pynetdicom.service_class import StorageServiceClass
@@ -36,6 +36,16 @@ from pacs.services import Services
 
 log = logging.getLogger("pacs.dimse")
 _ALLOWLIST_REFRESH_SECONDS = 5.0
+
+
+# As an acceptor pynetdicom takes the first of these the peer proposed. Explicit VR Little Endian
+# first: images are kept with their VRs as most modalities write them, and C-GET sub-operations
+# go out as stored instead of being re-encoded (ALL_TRANSFER_SYNTAXES puts Implicit first).
+_STORAGE_SYNTAXES = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+    *[ts for ts in ALL_TRANSFER_SYNTAXES if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)],
+    ExplicitVRBigEndian,
+]
 
 
 def build_ae(settings: Settings) -> AE:
@@ -67,7 +77,7 @@ def build_ae(settings: Settings) -> AE:
             # aborts the association on the first C-STORE unless they are registered.
             register_uid(abstract_syntax, UID(abstract_syntax).keyword, StorageServiceClass)
         # scu_role for C-GET: the peer proposes storage contexts for us to send on.
-        ae.add_supported_context(abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(abstract_syntax, _STORAGE_SYNTAXES, scu_role=True, scp_role=True)
     for model in (
         PatientRootQueryRetrieveInformationModelFind,
         PatientRootQueryRetrieveInformationModelMove,

@@ -24,6 +24,8 @@ from pydicom.uid import (
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
+from pacs.dicom.fastheader import Unsupported
+from pacs.dimse import tuning
 from pacs.index.repository import StoredInstance
 from pacs.pixels.transcode import producible_from, transcode_file
 
@@ -58,6 +60,11 @@ class StoreAssociation:
         to a syntax the peer accepted. Raises NotAcceptable when the conversion fails."""
         target = conversion_target(item.transfer_syntax_uid, self.accepted_syntaxes(item.sop_class_uid))
         if target is None:
+            if tuning.sends_stored_bytes():
+                try:
+                    return tuning.StoredBytes(stored.read(), item.sop_class_uid, item.sop_instance_uid)
+                except Unsupported:
+                    stored.seek(0)
             # Values stay raw (undecoded); pynetdicom writes them back byte for byte.
             return pydicom.dcmread(stored)
         # Through bytes, so the data set's encoding agrees with its new Transfer Syntax UID:

@@ -8,6 +8,9 @@ are replaced by equivalents that give the same results with less work:
 - The File Meta Information of each chunked C-STORE data set is built as a pydicom Dataset and
   encoded by pydicom, element by element, with value validation; the same bytes are written
   here directly (PS3.10 7.1).
+- C-GET and C-MOVE sub-operations must hand pynetdicom a Dataset, which it encodes again
+  element by element. An instance sent in its stored syntax is a StoredBytes data set instead:
+  it carries the stored bytes, and pynetdicom's encode returns them as they are.
 
 The replaced functions were read in the pynetdicom versions listed in SUPPORTED; with any other
 version nothing is changed (stock pynetdicom works, only slower). tests/unit/test_dimse_tuning.py
@@ -16,13 +19,20 @@ checks the results against pynetdicom's own.
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
+import pydicom
 import pynetdicom
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, dimse_messages
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, association, dimse_messages
 from pynetdicom.transport import AssociationSocket
+
+from pacs.dicom.fastheader import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +53,49 @@ def apply() -> bool:
     AssociationSocket.recv = recv_exactly  # type: ignore[method-assign]
     dimse_messages.create_file_meta = _MetaValues  # type: ignore[assignment]
     dimse_messages.write_file_meta_info = write_meta  # type: ignore[assignment]
+    association.encode = _encoder(association.encode)  # type: ignore[attr-defined]
     _applied = True
     return True
+
+
+def sends_stored_bytes() -> bool:
+    """Whether StoredBytes data sets may be handed to pynetdicom (the patches are in place)."""
+    return _applied
+
+
+class StoredBytes(Dataset):
+    """A stored Part 10 file as pynetdicom's send_c_store sees a data set: its SOP Class and
+    Instance UIDs and Transfer Syntax (all it reads from a data set), and the stored bytes,
+    which the patched encode returns unchanged when asked for the stored encoding."""
+
+    def __init__(self, data: bytes, sop_class_uid: str, sop_instance_uid: str) -> None:
+        """Raises Unsupported when ``data`` does not start with File Meta Information."""
+        super().__init__()
+        transfer_syntax, start = read_meta(data, len(data))
+        self.stored = data
+        self.data_set_start = start
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+        syntax = self.file_meta.TransferSyntaxUID
+        self.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
+        self.encoding = (syntax.is_implicit_VR, syntax.is_little_endian, syntax == DeflatedExplicitVRLittleEndian)
+        self.SOPClassUID = UID(sop_class_uid)  # as indexed from this very file
+        self.SOPInstanceUID = UID(sop_instance_uid)
+
+    def full(self) -> Dataset:
+        """The whole data set, decoded (for pynetdicom to encode another way)."""
+        return pydicom.dcmread(io.BytesIO(self.stored))
+
+
+def _encoder(original: Callable[..., bytes | None]) -> Callable[..., bytes | None]:
+    def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
+        if isinstance(ds, StoredBytes):
+            if (is_implicit_vr, is_little_endian, deflated) == ds.encoding:
+                return ds.stored[ds.data_set_start :]
+            ds = ds.full()
+        return original(ds, is_implicit_vr, is_little_endian, deflated)
+
+    return encode
 
 
 def recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
