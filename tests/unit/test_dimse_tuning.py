@@ -53,3 +53,21 @@ def test_recv_exactly_returns_what_came_before_the_peer_closed() -> None:
         assert tuning.recv_exactly(_Holder(left), 100) == b"partial"  # type: ignore[arg-type]
     finally:
         left.close()
+
+
+def test_stored_bytes_go_out_unchanged_in_their_own_encoding() -> None:
+    from pynetdicom import association
+    from pynetdicom.dsutils import encode
+
+    from tests.support.factories import make_ct, to_bytes
+
+    assert tuning.apply()
+    ds = make_ct(16)
+    stored = to_bytes(ds)
+    sending = tuning.StoredBytes(stored, ds.SOPClassUID, ds.SOPInstanceUID)
+    _, start = tuning.read_meta(stored, len(stored))
+    assert association.encode(sending, False, True) == stored[start:]  # explicit VR LE, as stored
+    # Another encoding: decoded and encoded by pydicom, as pynetdicom would have done.
+    assert association.encode(sending, True, True) == encode(ds, True, True)
+    assert sending.SOPInstanceUID == ds.SOPInstanceUID
+    assert sending.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
