@@ -8,8 +8,8 @@ validation) as the HTTP API.
     ADT^A08            patient update: demographics on the patient's open orders
     ADT^A40            patient merge: the orders of MRG-1's patient move to PID-3's
 
-Every order group of a message is checked before the first is applied, so a message refused
-for its content changes nothing.
+Every order group of a message is checked before the first is applied, and the receiver applies
+a message in one transaction: a message refused, even half-way, changes nothing.
 """
 
 from __future__ import annotations

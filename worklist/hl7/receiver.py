@@ -1,5 +1,6 @@
-"""From an MLLP block to its acknowledgement: read the header, log the message, apply it once
-(idempotent on sending application, facility and control ID), answer, audit.
+"""From an MLLP block to its acknowledgement: read the header, then log, claim (sending
+application, facility, control ID), apply and record the answer in one transaction, answer,
+audit. A repeat gets the first answer again; a refused message is claimed with its AE.
 
 Every block that arrives is kept in the message log with its answer, even one that cannot be
 read; when the database itself is down nothing can be kept, and the answer is AR so the sender
