@@ -58,6 +58,11 @@ DOCS: dict[tuple[str, str], Doc] = {
                                                  "application/pdf)", media_type="application/octet-stream"),
     ("GET", "/api/audit"): Doc("Search the audit trail", query=("user", "patient", "study", "action", "outcome",
                                                                 "since", "until", *_PAGING), response="ObjectList"),
+    ("GET", "/api/hl7/messages"): Doc("The HL7 messages received, newest first, without their text",
+                                      query=("type", "ack_code", "control_id", "received_from", "received_to",
+                                             *_PAGING), response="ObjectList"),
+    ("GET", "/api/hl7/messages/{message_id}"): Doc("One HL7 message received, with its raw text",
+                                                   response="Object"),
 }
 
 
