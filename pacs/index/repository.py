@@ -18,6 +18,7 @@ from pacs.dicom.instance import ParsedInstance
 from pacs.dicom.query import Query
 from pacs.errors import DuplicateInstance, NotFound, StudyMismatch
 from pacs.index.database import read_transaction, write_transaction
+from pacs.index.fast_commit import FastCommit
 from pacs.index.schema import instances, patients, series, studies
 from pacs.index.search import compile_query, run_query, visible_studies
 
@@ -59,6 +60,7 @@ class StoredInstance:
 class IndexRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._fast = FastCommit(engine)  # new instances of known series, in plain SQL
 
     # ---- writes -------------------------------------------------------------------------
     def find_existing(self, sop_instance_uids: Iterable[str]) -> dict[str, tuple[str, str]]:
@@ -77,6 +79,12 @@ class IndexRepository:
         refused it. In a batch each instance gets a savepoint, so one refusal does not undo the
         others; a lone instance goes without (cheaper) and, if it lost a race with another writer
         of the same SOP Instance UID, the transaction is simply run again."""
+        rows = [
+            (item.parsed.series_instance_uid, item.parsed.study_instance_uid, fit_columns(instances, _instance_values(item)))
+            for item in items
+        ]
+        if self._fast.commit(rows):
+            return [CommitResult(Outcome.STORED) for _ in items]
         try:
             return self._commit_batch(items, policy, savepoints=len(items) > 1)
         except IntegrityError:
