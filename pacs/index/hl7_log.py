@@ -62,7 +62,7 @@ class LoggedMessage:
     outcome: str
     duplicate: bool
     order_pk: int | None
-    size: int  # characters of the raw message
+    size: int  # of the raw message: bytes (UTF-8) on PostgreSQL, characters on SQLite
     raw: str | None = None  # only when one message is read
 
 
@@ -115,13 +115,20 @@ class Hl7Log:
                 conn.execute(_ANSWER_CLAIM, {**answer, "application": key[0], "facility": key[1], "control": key[2]})
 
     def search(self, where: MessageFilter) -> list[LoggedMessage]:
-        stmt = _filtered(select(*_LISTED, func.length(hl7_messages.c.raw).label("size")), where)
+        stmt = _filtered(select(*_LISTED, self._size()), where)
         stmt = stmt.order_by(hl7_messages.c.pk.desc()).limit(where.limit).offset(where.offset)
         with read_transaction(self.engine) as conn:
             return [_logged(row) for row in conn.execute(stmt)]
 
+    def _size(self) -> Any:
+        # PostgreSQL reads octet_length from a large value's header; length() would fetch and
+        # decompress every listed message (some are megabytes).
+        if self.engine.dialect.name == "postgresql":
+            return func.octet_length(hl7_messages.c.raw).label("size")
+        return func.length(hl7_messages.c.raw).label("size")
+
     def get(self, pk: int) -> LoggedMessage:
-        stmt = select(*_LISTED, func.length(hl7_messages.c.raw).label("size"), hl7_messages.c.raw)
+        stmt = select(*_LISTED, self._size(), hl7_messages.c.raw)
         with read_transaction(self.engine) as conn:
             row = conn.execute(stmt.where(hl7_messages.c.pk == pk)).first()
         if row is None:
