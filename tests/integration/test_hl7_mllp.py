@@ -215,6 +215,26 @@ def test_connections_are_served_side_by_side(services: Services, listener: Hl7Li
         idle.sock.close()
 
 
+def test_connections_over_the_limit_are_closed(services: Services) -> None:
+    with running_hl7_listener(services) as listener:
+        listener.server.max_connections = 2
+        first, second = MllpClient(listener.port), MllpClient(listener.port)
+        assert first.exchange(new_order("C-1", "P-C-1")).code == "AA"
+        assert second.exchange(new_order("C-2", "P-C-2")).code == "AA"
+        with MllpClient(listener.port) as third:
+            assert third.closed_by_server()
+        first.sock.close()
+        deadline = time.monotonic() + 5
+        while True:  # a place frees once the server has seen the first one go
+            try:
+                still_serving(listener)
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        second.sock.close()
+
+
 def test_serve_stops_when_the_hl7_port_is_taken(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -147,9 +147,11 @@ class MllpServer:
 
     def __init__(
         self, handler: FrameHandler, host: str, port: int, *, max_message_bytes: int, workers: int = 8,
-        block_timeout: float = 60.0, sock: socket.socket | None = None,
+        block_timeout: float = 60.0, sock: socket.socket | None = None, max_connections: int = 64,
     ) -> None:
         self.handler = handler
+        # Each connection may buffer up to a maximum-size message: their number bounds the memory.
+        self.max_connections = max_connections
         self.sock = sock  # a listening socket to serve on (shared by worker processes) instead of binding
         self.host, self.requested_port = host, port
         self.max_message_bytes = max_message_bytes
@@ -211,8 +213,12 @@ class MllpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         peer = _peer(writer)
+        if len(self._connections) >= self.max_connections:
+            log.warning("HL7 connection from %s refused: %d connections already", peer, len(self._connections))
+            writer.close()
+            return
+        self._connections.add(task)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             # An ACK is one small write the sender waits on: never hold it back (Nagle).
