@@ -88,7 +88,14 @@ def end_silent_connection(event: Event) -> None:
 def log_association(event: Event) -> None:
     outcome = {"EVT_ACCEPTED": "accepted", "EVT_REJECTED": "rejected", "EVT_RELEASED": "released",
                "EVT_ABORTED": "aborted"}.get(event.event.name, event.event.name)
-    log.info("association %s: %s (called %s)", outcome, peer(event), event.assoc.acceptor.ae_title)
+    stored = getattr(event.assoc, _STORED_COUNT, 0)
+    summary = f", {stored} instance(s) stored" if stored else ""
+    log.info("association %s: %s (called %s)%s", outcome, peer(event), event.assoc.acceptor.ae_title, summary)
+
+
+# Successful C-STOREs are counted on their association and logged once, when it ends: a line
+# per instance would cost a modality's every image a log write and drown everything else.
+_STORED_COUNT = "minipacs_stored_count"
 
 
 def handle_echo(event: Event) -> int:
@@ -109,7 +116,9 @@ def handle_store(event: Event, services: Services) -> int:
     if report.error is not None:
         log.warning("C-STORE from %s refused (0x%04X): %s", peer(event), code, report.error)
         return code
-    log.info("C-STORE from %s: %s %s", peer(event), report.sop_instance_uid, report.outcome.value if report.outcome else "")
+    setattr(event.assoc, _STORED_COUNT, getattr(event.assoc, _STORED_COUNT, 0) + 1)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("C-STORE from %s: %s %s", peer(event), report.sop_instance_uid, report.outcome.value if report.outcome else "")
     return status.SUCCESS
 
 

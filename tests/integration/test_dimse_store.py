@@ -5,6 +5,7 @@ leaving nothing behind."""
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,17 @@ def test_unknown_sop_class_is_not_negotiated(listener: DicomServer, tmp_path: Pa
     assert result.returncode != 0
     assert "No presentation context" in result.stderr
     assert echo_status(listener.port) == 0x0000
+
+
+def test_an_association_logs_how_many_instances_it_stored(
+    listener: DicomServer, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="pacs.dimse")
+    with association(listener.port, [CTImageStorage]) as assoc:
+        for ds in make_series(3, size=8):
+            assert int(assoc.send_c_store(ds).Status) == 0x0000
+    deadline = time.monotonic() + 10
+    while "3 instance(s) stored" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)  # the release is logged by the listener's own thread
+    released = [r.getMessage() for r in caplog.records if "association released" in r.getMessage()]
+    assert any("3 instance(s) stored" in line for line in released), released
