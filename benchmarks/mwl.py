@@ -131,7 +131,7 @@ def _nodelay(event: Any) -> None:
 
 
 def queries(kind: str, seeded: Seeded, count: int, rng: random.Random) -> list[tuple[dict[str, str], dict[str, str]]]:
-    made = []
+    made: list[tuple[dict[str, str], dict[str, str]]] = []
     for _ in range(count):
         if kind == "station + day":
             day = FIRST_DAY + timedelta(days=rng.randrange(DAYS))

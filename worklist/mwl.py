@@ -21,7 +21,7 @@ from worklist.mwl_answer import AnswerKey, Values, answer_plan, order_values, wo
 from worklist.mwl_encode import encoded_answer
 from worklist.mwl_query import matches, parse_identifier
 
-_LITTLE_ENDIAN = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}  # transfer syntax -> implicit VR
+_LITTLE_ENDIAN: dict[str, bool] = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}  # syntax -> implicit VR
 
 
 class WorklistService:

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from pacs.dicom.attributes import Attribute, Level, normalize_time
 from pacs.dicom.query import Condition, MatchKind, parse_condition
@@ -141,7 +141,3 @@ def _comparable(value: str, condition: Condition) -> tuple[str, tuple[str, ...]]
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
-
-
-def keyword_of(tag: int) -> str:
-    return keyword_for_tag(tag) or ""

@@ -29,7 +29,14 @@ from pacs.dicom.instance import ParsedInstance
 from pacs.errors import Conflict, InvalidInput
 from pacs.index.orders import Order
 from pacs.index.study_links import (
-    DISMISSED, LINKED, PATIENT_COLUMNS, UNMATCHED, Patient, Settled, StudyLink, StudyLinkRepository,
+    DISMISSED,
+    LINKED,
+    PATIENT_COLUMNS,
+    UNMATCHED,
+    Patient,
+    Settled,
+    StudyLink,
+    StudyLinkRepository,
 )
 from worklist.orders import OrderService, utcnow
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
@@ -51,7 +52,7 @@ def handle_worklist_find(event: Event, services: Services) -> Iterator[tuple[int
         access.record(services, principal, Action.SEARCH, Outcome.FAILURE, code, detail={"reason": str(exc)[:200]})
         yield code, None
         return
-    except Exception as exc:  # an identifier pydicom cannot decode
+    except Exception as exc:  # noqa: BLE001  # pydicom raises many kinds for an identifier it cannot decode
         log.warning("MWL C-FIND from %s: unreadable identifier (%s)", handlers.peer(event), type(exc).__name__)
         yield status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
         return
@@ -81,7 +82,7 @@ def handle_mpps_create(event: Event, services: Services) -> tuple[Any, Dataset |
     principal = access.permitted(event, services, Operation.STORE, Action.ORDER)
     if principal is None:
         return access.NOT_AUTHORIZED, None
-    uid = str(event.request.AffectedSOPInstanceUID or "").strip()
+    uid = str(cast(N_CREATE, event.request).AffectedSOPInstanceUID or "").strip()
     if not uid:
         # PS3.4 F.7.2.1.1: the SCU provides the SOP Instance UID of the step it creates.
         return _refusal(services, principal, errors.MissingAttribute("the N-CREATE names no Affected SOP Instance UID"))
@@ -89,7 +90,7 @@ def handle_mpps_create(event: Event, services: Services) -> tuple[Any, Dataset |
         outcome = services.performed_steps.create(uid, event.attribute_list, _calling(event))
     except errors.PacsError as exc:
         return _refusal(services, principal, exc, uid)
-    except Exception as exc:  # an attribute list pydicom cannot decode
+    except Exception as exc:  # noqa: BLE001  # pydicom raises many kinds for a list it cannot decode
         log.warning("MPPS N-CREATE from %s: unreadable attribute list (%s)", handlers.peer(event), type(exc).__name__)
         return _refusal(services, principal, errors.InvalidAttributeValue("the attribute list cannot be read"), uid)
     _record_step(services, principal, "create", outcome)
@@ -100,12 +101,12 @@ def handle_mpps_set(event: Event, services: Services) -> tuple[Any, Dataset | No
     principal = access.permitted(event, services, Operation.STORE, Action.ORDER)
     if principal is None:
         return access.NOT_AUTHORIZED, None
-    uid = str(event.request.RequestedSOPInstanceUID or "").strip()
+    uid = str(cast(N_SET, event.request).RequestedSOPInstanceUID or "").strip()
     try:
         outcome = services.performed_steps.update(uid, event.modification_list, _calling(event))
     except errors.PacsError as exc:
         return _refusal(services, principal, exc, uid)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  # as for N-CREATE
         log.warning("MPPS N-SET from %s: unreadable modification list (%s)", handlers.peer(event), type(exc).__name__)
         return _refusal(services, principal, errors.InvalidAttributeValue("the modification list cannot be read"), uid)
     _record_step(services, principal, "set", outcome)

@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pacs.dicom.patient_json import patched_patient
 from pacs.errors import NotFound
 from pacs.index.accounts import as_utc
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.repository import fit_columns
-from pacs.dicom.patient_json import patched_patient
 from pacs.index.schema import instances, orders, patients, series, studies, study_order_links
 
 links = study_order_links

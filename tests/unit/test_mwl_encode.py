@@ -20,7 +20,7 @@ NOW = datetime(2030, 5, 6, 7, 8, tzinfo=UTC)
 
 
 def order(**changes: object) -> Order:
-    values: dict[str, object] = dict(
+    values: dict[str, object] = dict(  # noqa: C408  # keyword arguments read as the Order fields
         pk=1, order_number="ORD-2030-00001", accession_number="ACC-2030-00001", patient_id="P1",
         issuer_of_patient_id="", patient_name="Müller^Jürgen", patient_birth_date="19700203", patient_sex="M",
         ordering_provider="Doc^Own", modality="CT", body_part="CHEST", laterality=None, procedure_code="CTCHEST",
