@@ -117,14 +117,15 @@ def _request_boundary(content_type: str) -> str:
 
 async def _open_part(services: Services, headers: dict[str, str], run: StowRun) -> tuple[Any, Path | None]:
     """A temp file for the next part, or (None, None) when the part is not application/dicom.
-    Created in a worker thread: under sync load, creating a file waits on the filesystem
-    journal, and the event loop must keep reading other requests meanwhile."""
+    One made beforehand, else one created in a worker thread: under sync load, creating a file
+    waits on the filesystem journal, and the event loop must keep reading other requests."""
     part_type = headers.get("content-type")
     if part_type and _media_type(part_type) != DICOM:
         error = errors.UnsupportedMediaType(f"part of type {part_type!r} is not application/dicom")
         run.reports.append(StoreReport(source="part", error=error))
         return None, None
-    fd, path = await run_blocking(services.ingest.temp_file)
+    spare = services.ingest.spare_temp_file()
+    fd, path = spare if spare is not None else await run_blocking(services.ingest.temp_file)
     # Chunks at least this large bypass the buffer: written straight through, never copied.
     return os.fdopen(fd, "wb", buffering=1 << 16), path
 

@@ -138,6 +138,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         first_admin_password = _prepare_security(settings, engine)
     finally:
         engine.dispose()
+    serving.sweep_temp_files(settings)
     try:
         listeners = serving.open_listeners(settings, dicom_tls=dicom_tls)
     except serving.ListenError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from pacs.index.repository import CommitResult, IndexRepository, NewInstance, Ou
 from storage.base import BlobStore
 
 log = logging.getLogger(__name__)
+_SPARE_TEMP_FILES = 8  # per process: enough for the parts that arrive while one batch is stored
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,28 @@ class IngestService:
         # A listener's failure is logged: it must never turn a durable store into an error.
         self.stored_listeners: list[Callable[[list[ParsedInstance]], None]] = []
         temp_dir.mkdir(parents=True, exist_ok=True)
+        self._spares: queue.SimpleQueue[tuple[int, Path]] = queue.SimpleQueue()
+        self.spare_dir = temp_dir.with_name(temp_dir.name + "-spare")
 
     def temp_file(self) -> tuple[int, Path]:
         """A temp file on the data volume, so the folder store can rename it into place."""
         fd, name = tempfile.mkstemp(prefix="recv-", suffix=".dcm", dir=self.temp_dir)
         return fd, Path(name)
+
+    def spare_temp_file(self) -> tuple[int, Path] | None:
+        """A temp file made beforehand, or None: creating one can wait on the filesystem
+        journal, which an event loop must not; ingest threads make the spares."""
+        try:
+            return self._spares.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _make_spares(self) -> None:
+        while self._spares.qsize() < _SPARE_TEMP_FILES:
+            # Beside the temp folder (the same volume), so a spare is never taken for a leftover.
+            self.spare_dir.mkdir(exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="recv-", suffix=".dcm", dir=self.spare_dir)
+            self._spares.put((fd, Path(name)))
 
     def store_file(
         self, path: Path, *, consume: bool = False, expected_study: str | None = None,
@@ -108,6 +127,7 @@ class IngestService:
             if consume:
                 for path in paths:
                     _unlink(path)
+            self._make_spares()
         return [r for r in reports if r is not None]
 
     def _validate(
@@ -258,6 +278,9 @@ class IngestService:
 
     def close(self) -> None:
         self.committer.close()
+        while (spare := self.spare_temp_file()) is not None:
+            os.close(spare[0])
+            _unlink(spare[1])
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
         keys = self.index.delete(study_uid, series_uid, sop_uid)

@@ -95,6 +95,28 @@ def listening_socket(host: str, port: int, backlog: int = 512) -> socket.socket:
     return sock
 
 
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+def sweep_temp_files(settings: Settings) -> int:
+    """Remove temp files a stopped or crashed server left in the data folder (partly received
+    instances, spare files). Only day-old ones: another server sharing the folder may be
+    receiving a large upload into a younger one."""
+    removed = 0
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for folder in (settings.data_dir / "tmp", settings.data_dir / "tmp-spare"):
+        for path in folder.glob("*") if folder.is_dir() else ():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+    if removed:
+        log.info("removed %d stale temp file(s) from %s", removed, settings.data_dir)
+    return removed
+
+
 def port_of(sock: socket.socket | None) -> int | None:
     return None if sock is None else int(sock.getsockname()[1])
 

@@ -155,3 +155,16 @@ def test_a_taken_port_stops_serve_before_any_worker_starts(settings: Settings, t
     assert result.returncode == 2
     assert "cannot listen for DICOM on 127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_day_old_temp_files_are_swept_at_start(settings: Settings) -> None:
+    from pacs.serving import sweep_temp_files
+
+    old, young = settings.data_dir / "tmp" / "recv-old.dcm", settings.data_dir / "tmp-spare" / "recv-young.dcm"
+    for path in (old, young):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert sweep_temp_files(settings) == 1
+    assert not old.exists() and young.exists()
