@@ -23,8 +23,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from pacs.config import Settings
+
+if TYPE_CHECKING:
+    from pacs.dimse.server import DicomServer
+    from pacs.services import Services
+    from worklist.hl7.listener import Hl7Listener
 
 log = logging.getLogger(__name__)
 
@@ -175,22 +181,22 @@ def _tune_process(settings: Settings) -> None:
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 
-def _start_dicom(settings: Settings, services: object, listeners: Listeners) -> object | None:
+def _start_dicom(settings: Settings, services: Services, listeners: Listeners) -> DicomServer | None:
     if listeners.dicom is None:
         return None
     from pacs.dimse.server import DicomServer
 
-    server = DicomServer(settings, services, listeners=(listeners.dicom, listeners.dicom_tls))  # type: ignore[arg-type]
+    server = DicomServer(settings, services, listeners=(listeners.dicom, listeners.dicom_tls))
     server.start()
     return server
 
 
-def _start_hl7(settings: Settings, services: object, listeners: Listeners) -> object | None:
+def _start_hl7(settings: Settings, services: Services, listeners: Listeners) -> Hl7Listener | None:
     if listeners.hl7 is None:
         return None
     from worklist.hl7.listener import Hl7Listener
 
-    listener = Hl7Listener(settings, services, sock=listeners.hl7)  # type: ignore[arg-type]
+    listener = Hl7Listener(settings, services, sock=listeners.hl7)
     listener.start()
     return listener
 
@@ -223,9 +229,9 @@ def supervise(settings: Settings, listeners: Listeners, workers: int) -> int:
             children[_fork_worker(settings, listeners, number)] = number
         while True:
             pid, status = os.wait()
-            number = children.pop(pid, None)
-            if number is None:
+            if pid not in children:
                 continue
+            number = children.pop(pid)
             log.error("worker %d (pid %d) ended unexpectedly (%s); starting another", number, pid,
                       _describe_status(status))
             deaths = [t for t in deaths if time.monotonic() - t < RESTART_WINDOW] + [time.monotonic()]

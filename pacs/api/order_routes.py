@@ -60,8 +60,9 @@ def list_orders(request: Request) -> Response:
     params = request.query_params
     values = validated_fields({k: params[k] for k in _FILTERS if params.get(k)}, _FILTERS)
     status = params.get("status")
-    if values.get("modality") and _orders(request).reference is not None:
-        _orders(request).reference.check_known_modality(values["modality"])
+    reference = _orders(request).reference
+    if values.get("modality") and reference is not None:
+        reference.check_known_modality(values["modality"])
     low, high = scheduled_range(params.get("scheduled_from"), params.get("scheduled_to"))
     provider = params.get("ordering_provider")
     exported = _exported(params.get("exported"))

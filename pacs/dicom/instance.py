@@ -85,9 +85,12 @@ def _inspect_fast(fh: BinaryIO, size: int) -> ParsedInstance:
     with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         header = read_fast_header(buf, size, inline_limit=BULK_INLINE_LIMIT)
     values = header.values
-    uids = {column: _fast_uid(values.get(tag)) for tag, column in _UID_TAGS.items()}
+    uids = [_fast_uid(values.get(tag)) for tag in _UID_TAGS]
     parsed = ParsedInstance(
-        **uids,
+        sop_class_uid=uids[0],
+        sop_instance_uid=uids[1],
+        study_instance_uid=uids[2],
+        series_instance_uid=uids[3],
         transfer_syntax_uid=header.transfer_syntax_uid,
         attributes=_fast_attributes(header),
         metadata={},
@@ -107,8 +110,7 @@ def _inspect_fast(fh: BinaryIO, size: int) -> ParsedInstance:
     return parsed
 
 
-_UID_TAGS = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid",
-             0x0020000D: "study_instance_uid", 0x0020000E: "series_instance_uid"}
+_UID_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)  # SOP Class, SOP Instance, Study, Series
 
 
 def _fast_uid(value: Any) -> str:

@@ -17,7 +17,8 @@ def serve_on(ae: AE, listener: socket.socket, *, evt_handlers: list[Any], ssl_co
 
     class AdoptingServer(ThreadedAssociationServer):
         def server_bind(self) -> None:
-            self.socket.close()  # the one socketserver made; the shared listener replaces it
+            if self.socket is not None:
+                self.socket.close()  # the one socketserver made; the shared listener replaces it
             self.socket = listener
             self.server_address = listener.getsockname()
 
