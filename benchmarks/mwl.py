@@ -89,10 +89,13 @@ class WorklistClient:
     def __init__(self, port: int, ae_title: str) -> None:
         import logging
 
-        from pynetdicom import AE, evt
+        from pynetdicom import AE, _config, evt
         from pynetdicom.sop_class import ModalityWorklistInformationFind
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        # pynetdicom formats every received identifier for its debug log, whatever the log
+        # level: half this client's CPU per answer. A modality does nothing of the kind.
+        _config.LOG_RESPONSE_IDENTIFIERS = False
         self.model = ModalityWorklistInformationFind
         ae = AE(ae_title=CALLING_AE)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
