@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -9,21 +10,42 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from pacs.errors import DatabaseUnavailable
+
+
+IDLE_PING_SECONDS = 10.0
 
 
 def open_engine(url: str, *, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=20,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": 10},
-    )
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, connect_args={"connect_timeout": 10})
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """A pooled connection that sat unused may have been closed by the server (a restart, an
+    idle timeout): it is tested before use, and replaced if dead. Only after IDLE_PING_SECONDS
+    of idleness - SQLAlchemy's pool_pre_ping would add a round trip to every transaction."""
+
+    @event.listens_for(engine, "checkin")
+    def _mark_idle(dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", time.monotonic()) < IDLE_PING_SECONDS:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_conn.rollback()
+        except Exception as exc:  # any failure means this connection is unusable
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
 def _sqlite_engine(url: str) -> Engine:
