@@ -63,6 +63,21 @@ DOCS: dict[tuple[str, str], Doc] = {
                                              *_PAGING), response="ObjectList"),
     ("GET", "/api/hl7/messages/{message_id}"): Doc("One HL7 message received, with its raw text",
                                                    response="Object"),
+    ("GET", "/api/reconciliation/studies"): Doc("Studies by link state (default UNMATCHED), newest link first",
+                                                query=("state", *_PAGING), response="ObjectList"),
+    ("GET", "/api/reconciliation/studies/{study}"): Doc("A study's link to its order", response="Object"),
+    ("POST", "/api/reconciliation/studies/{study}/link"): Doc(
+        "Link a study to an order: {order_id}, {order_number} or {accession_number}", request="Object",
+        response="Object"),
+    ("POST", "/api/reconciliation/studies/{study}/unlink"): Doc("Unlink a study: back to unmatched", response="Object"),
+    ("POST", "/api/reconciliation/studies/{study}/dismiss"): Doc("Leave an unmatched study without an order",
+                                                                 response="Object"),
+    ("GET", "/api/orders/{order_id}/studies"): Doc("The studies linked to an order", response="ObjectList"),
+    ("GET", "/api/orders/{order_id}/performed-steps"): Doc("An order's performed procedure steps (MPPS)",
+                                                           response="ObjectList"),
+    ("GET", "/api/performed-steps"): Doc("Performed procedure steps (MPPS), newest first",
+                                         query=("unlinked", *_PAGING), response="ObjectList"),
+    ("GET", "/api/performed-steps/{uid}"): Doc("A performed procedure step with its DICOM JSON", response="Object"),
 }
 
 

@@ -45,6 +45,9 @@ def _answer(request: Request, order: Order, status_code: int = 200) -> Response:
     request.state.audit["patient_id"] = order.patient_id
     body = order_json(order)
     body["history"] = [change_json(c) for c in _orders(request).history(order.pk)]
+    # The studies reconciliation linked to it (pacs.api.reconcile_routes has the details).
+    linked = request.app.state.services.reconciler.studies(order_pk=order.pk, limit=1000)
+    body["studies"] = [row["study_instance_uid"] for row in linked]
     return JSONResponse(body, status_code=status_code)
 
 

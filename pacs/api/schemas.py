@@ -99,8 +99,10 @@ ERROR = {
 ORDER = _order()
 ORDER_WITH_HISTORY = {
     **ORDER,
-    "properties": {**ORDER["properties"], "history": {"type": "array", "items": {"$ref": "#/components/schemas/StatusChange"}}},
-    "required": [*ORDER["required"], "history"],
+    "properties": {**ORDER["properties"], "history": {"type": "array", "items": {"$ref": "#/components/schemas/StatusChange"}},
+                   # StudyInstanceUIDs of the studies reconciliation linked to the order
+                   "studies": {"type": "array", "items": {"type": "string"}}},
+    "required": [*ORDER["required"], "history", "studies"],
 }
 
 SCHEMAS: dict[str, dict[str, Any]] = {

@@ -106,6 +106,7 @@ def test_stored_studies_link_to_their_orders(desk: Desk, tmp_path: Path) -> None
     for order, study in ((by_accession, sent[0].StudyInstanceUID), (by_uid, by_uid.study_instance_uid)):
         linked = desk.get(f"/api/orders/{order.pk}/studies").json()
         assert [s["study_instance_uid"] for s in linked] == [study]
+        assert desk.get(f"/api/orders/{order.pk}").json()["studies"] == [study]  # the order view lists them
         assert services.orders.get(order.pk).status == "ORDERED"  # images alone do not complete an order
     unmatched = desk.get("/api/reconciliation/studies").json()
     assert [(s["study_instance_uid"], s["accession_number"], s["patient_name"], s["state"]) for s in unmatched] == [
