@@ -86,7 +86,9 @@ class Services:
             provider_users=account_repository.provider_username,
         )
         zone = dicom_zone(settings.dicom_timezone)
-        reconciler = Reconciler(StudyLinkRepository(engine), orders, correct_patient=settings.reconcile_patient)
+        reconciler = Reconciler(
+            StudyLinkRepository(engine), orders, correct_patient=settings.reconcile_patient, audit=audit.record
+        )
         ingest.stored_listeners.append(reconciler.on_stored)
         return cls(
             settings, engine, index, blobs, ingest, retrieve, remote_aes, accounts, authenticator, audit,

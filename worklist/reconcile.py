@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
+from pacs.audit.trail import Action, AuditEvent, Outcome
 from pacs.dicom.attributes import Level
 from pacs.dicom.instance import ParsedInstance
 from pacs.errors import Conflict, InvalidInput
@@ -48,11 +49,13 @@ UNMATCHED_SECONDS = 60.0  # an unmatched study is looked up again after this lon
 class Reconciler:
     def __init__(
         self, links: StudyLinkRepository, orders: OrderService, *, correct_patient: bool,
+        audit: Callable[[AuditEvent], None] = lambda event: None,
         clock: Callable[[], datetime] = utcnow, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.links = links
         self.orders = orders
         self.correct_patient = correct_patient
+        self.audit = audit  # a patient correction rewrites PHI: each one is in the audit trail
         self.clock = clock
         self.monotonic = monotonic
         self._lock = threading.Lock()
@@ -105,13 +108,22 @@ class Reconciler:
         if not stale:
             return
         previous = {(_patient_of(p)["patient_id"] or "", _patient_of(p)["issuer_of_patient_id"] or "") for p in stale}
-        self.links.correct_patient(study_uid, patient, [p.sop_instance_uid for p in stale], previous)
+        changed = self.links.correct_patient(study_uid, patient, [p.sop_instance_uid for p in stale], previous)
+        self._record_correction("ingest", "reconciliation", study_uid, patient, changed)
+
+    def _record_correction(self, channel: str, actor: str, study_uid: str, patient: Patient, changed: int) -> None:
+        if changed:
+            self.audit(AuditEvent.of(
+                None, channel, Action.STORE, Outcome.SUCCESS, actor=actor, patient_id=patient.get("patient_id"),
+                study_uid=study_uid, detail={"operation": "patient corrected from order", "instances": changed},
+            ))
 
     # ---- staff decisions -------------------------------------------------------------
     def link(self, study_uid: str, order: Order, *, by: str) -> StudyLink:
         settled = self.links.set_state(study_uid, LINKED, order_pk=order.pk, by=by, now=self.clock())
         if self.correct_patient and settled.patient is not None:
-            self.links.correct_patient(study_uid, settled.patient)
+            changed = self.links.correct_patient(study_uid, settled.patient)
+            self._record_correction("http", by, study_uid, settled.patient, changed)
         self._remember(study_uid, settled)
         return settled.link
 

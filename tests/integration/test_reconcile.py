@@ -198,6 +198,15 @@ def test_patient_attributes_corrected_from_the_order(correcting: Desk, tmp_path:
     with services.engine.connect() as conn:
         left = conn.execute(text("SELECT patient_id FROM patients ORDER BY patient_id")).scalars().all()
     assert left == ["P-RIGHT"]  # no patient row left behind without studies
+    services.audit.flush()
+    # Each correction is audited: instances rewritten per batch (identical events folded, with a count).
+    corrections: dict[tuple[str, str, str, int], int] = {}
+    for e in services.audit.search(AuditFilter(action="store", patient_id="P-RIGHT")):
+        if json.loads(e["detail"]).get("operation") == "patient corrected from order":
+            key = (e["channel"], e["actor"], e["study_uid"], json.loads(e["detail"])["instances"])
+            corrections[key] = corrections.get(key, 0) + e["count"]
+    assert corrections == {("ingest", "reconciliation", study, 1): 2, ("ingest", "reconciliation", study, 2): 1,
+                           ("http", "technologist", stray[0].StudyInstanceUID, 2): 1}
 
 
 def test_without_correction_the_images_keep_their_patient(desk: Desk, tmp_path: Path) -> None:
