@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityWorklistInformationFind as WorklistFind
 
@@ -289,6 +289,20 @@ def test_requested_keys_come_back_even_empty(orders: dict[str, Order], finder: A
     assert all(answer[k].is_empty for k in ("PatientWeight", "MedicalAlerts", "PatientBirthDate"))
     assert len(answer.RequestedProcedureCodeSequence) == 0  # no procedure code: a sequence without items
     assert answer.ScheduledProcedureStepSequence[0].ScheduledProcedureStepLocation == ""
+
+
+def test_every_transfer_syntax_gets_the_same_answers(listener: DicomServer, orders: dict[str, Order]) -> None:
+    """Little endian answers go out pre-encoded, the others through pydicom: the same either way."""
+    query = identifier_of(query_keys(step={"ScheduledProcedureStepStartDate": "20300506-20300508"}))
+    found = {}
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
+        with association(listener.port, [(WorklistFind, [syntax])]) as assoc:
+            assert assoc.accepted_contexts[0].transfer_syntax[0] == syntax
+            answers, final = pynetdicom_find(assoc, query)
+        assert final == SUCCESS
+        found[syntax] = by_accession(answers)
+    assert len(found[ExplicitVRLittleEndian]) == 5
+    assert all(answers == found[ExplicitVRLittleEndian] for answers in found.values())
 
 
 def test_which_orders_are_listed(services: Services, orders: dict[str, Order], finder: Association) -> None:
