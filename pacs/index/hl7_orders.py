@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, or_, select, update
 
 from pacs.index.database import read_transaction, write_transaction
+from pacs.index.orders import with_name_norms
 from pacs.index.schema import orders
 
 _BY_PLACER = select(orders.c.order_number).where(orders.c.placer_order_number == bindparam("placer")).limit(1)
@@ -37,5 +38,6 @@ class Hl7OrderRepository:
             found = conn.execute(select(orders.c.pk, orders.c.order_number).where(*where).order_by(orders.c.pk)).all()
             if found:
                 pks = [row.pk for row in found]
-                conn.execute(update(orders).where(orders.c.pk.in_(pks)).values(**values, updated_at=now))
+                # with_name_norms: the worklist matches names on their upper-cased copies.
+                conn.execute(update(orders).where(orders.c.pk.in_(pks)).values(**with_name_norms(values), updated_at=now))
             return [row.order_number for row in found]
