@@ -153,7 +153,7 @@ class OrderRepository:
         """Move the order from `from_status` to `to_status` and record it; a concurrent change wins."""
         with write_transaction(self.engine) as conn:
             stmt = update(orders).where(orders.c.pk == pk, orders.c.status == from_status)
-            if conn.execute(stmt.values(**(values or {}), status=to_status, updated_at=now)).rowcount == 0:
+            if conn.execute(stmt.values(**with_name_norms(values or {}), status=to_status, updated_at=now)).rowcount == 0:
                 raise Conflict(f"order {pk} is no longer {from_status}; reload it and try again")
             _record_change(conn, pk, from_status, to_status, changed_by, now, reason)
             return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
