@@ -23,6 +23,7 @@ from pacs.api.hl7_routes import ROUTES as HL7_ROUTES
 from pacs.api.openapi import ROUTES as OPENAPI_ROUTES
 from pacs.api.order_routes import ROUTES as ORDER_ROUTES
 from pacs.api.reconcile_routes import ROUTES as RECONCILE_ROUTES
+from pacs.api.reference_routes import ROUTES as REFERENCE_ROUTES
 from pacs.api.session_routes import ROUTES as SESSION_ROUTES
 from pacs.config import Settings
 from pacs.security.http import AuthenticationMiddleware
@@ -70,6 +71,7 @@ def build_app(settings: Settings, services: Services | None = None, *, migrate: 
         *SESSION_ROUTES,
         *ADMIN_ROUTES,
         *ORDER_ROUTES,
+        *REFERENCE_ROUTES,
         *EXPORT_ROUTES,
         *OPENAPI_ROUTES,
         *RECONCILE_ROUTES,

@@ -78,6 +78,13 @@ DOCS: dict[tuple[str, str], Doc] = {
     ("GET", "/api/performed-steps"): Doc("Performed procedure steps (MPPS), newest first",
                                          query=("unlinked", *_PAGING), response="ObjectList"),
     ("GET", "/api/performed-steps/{uid}"): Doc("A performed procedure step with its DICOM JSON", response="Object"),
+    ("GET", "/api/reference/modalities"): Doc("Modalities orders may name", response="ObjectList"),
+    ("PUT", "/api/reference/modalities/{code}"): Doc(
+        "Add or change a modality: {display_name, active}", request="Object", response="Object"),
+    ("GET", "/api/reference/body-parts"): Doc("Body parts, each with the modalities that apply to it",
+                                              response="ObjectList"),
+    ("PUT", "/api/reference/body-parts/{code}"): Doc(
+        "Add or change a body part: {display_name, active, modalities}", request="Object", response="Object"),
 }
 
 

@@ -52,6 +52,7 @@ AUDIT_ACTION: dict[Operation, Action] = {
     Operation.PERFORM_WORKITEMS: Action.ORDER,
     Operation.EXPORT_ORDERS: Action.EXPORT,
     Operation.READ_HL7_LOG: Action.READ,
+    Operation.MANAGE_REFERENCE: Action.ADMIN,
 }
 
 Endpoint = Callable[[Request], Response | Awaitable[Response]]

@@ -27,6 +27,7 @@ class Operation(StrEnum):
     PERFORM_WORKITEMS = "perform-workitems"  # UPS-RS: claim, complete, cancel a procedure step
     EXPORT_ORDERS = "export-orders"  # orders written to a file for another RIS: PHI leaves
     READ_HL7_LOG = "read-hl7-log"  # HL7 messages received, raw: admins, for troubleshooting
+    MANAGE_REFERENCE = "manage-reference"  # the modalities and body parts orders may name
 
 
 REQUIRED: dict[Operation, Permission | None] = {
@@ -49,6 +50,8 @@ REQUIRED: dict[Operation, Permission | None] = {
     Operation.EXPORT_ORDERS: Permission.WRITE_ORDERS,
     # Raw messages hold every patient of every sender: like the audit trail, for admins only.
     Operation.READ_HL7_LOG: Permission.READ_AUDIT,
+    # Site configuration, like the remote AEs: admins.
+    Operation.MANAGE_REFERENCE: Permission.MANAGE_AES,
 }
 
 
