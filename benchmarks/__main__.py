@@ -52,7 +52,8 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke-run sizes: 100 instances, 500 studies, 50-instance series")
     p.add_argument("--big", action="store_true", help="also send one ~2 GB multi-frame instance (needs ~6 GB disk)")
     p.add_argument("--big-frames", type=int, default=1000, help="frames of 1024x1024x16 bit in the --big instance")
-    p.add_argument("--workers", type=int, default=1, help="minipacs HTTP worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="minipacs worker processes (default: the server's own, one per CPU core up to 4)")
     p.add_argument("--minipacs-storage", choices=("s3", "folder"), default="s3",
                    help="minipacs blob store on the postgres pair (default s3, a moto server)")
     p.add_argument("--url", help="measure an already running DICOMweb server at this root instead")

@@ -188,7 +188,7 @@ def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: s
         data = stack.enter_context(temp_folder("minipacs-bench-"))
         port, dicom_port = free_port(), free_port()
         env = {**os.environ, "MINIPACS_DATA_DIR": str(data / "data"), "MINIPACS_HTTP_PORT": str(port),
-               "MINIPACS_HTTP_WORKERS": str(workers), "MINIPACS_QIDO_MAX_LIMIT": str(qido_max_limit),
+               "MINIPACS_HTTP_WORKERS": str(workers or "auto"), "MINIPACS_QIDO_MAX_LIMIT": str(qido_max_limit),
                "MINIPACS_AUTH": "off", "MINIPACS_LOG_LEVEL": "warning", "MINIPACS_DICOM_PORT": str(dicom_port),
                "MINIPACS_DICOM_HOST": "127.0.0.1", "MINIPACS_AE_TITLE": MINIPACS_AE, "MINIPACS_HL7_PORT": "off",
                "MINIPACS_REMOTE_AES": f"{RECEIVER_AE}@127.0.0.1:{receiver_port}" if receiver_port else ""}
@@ -210,7 +210,7 @@ def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: s
         proc = stack.enter_context(running_process(command, env=env, cwd=data, log_name="minipacs.log"))
         wait_until_ready(f"http://127.0.0.1:{port}/health", proc, data / "minipacs.log")
         yield Server("minipacs", f"http://127.0.0.1:{port}/dicom-web", proc.pid,
-                     f"{description}, {workers} HTTP worker(s)", helper_pids=helpers, database=database,
+                     f"{description}, {workers or 'one per core (auto)'} worker process(es)", helper_pids=helpers, database=database,
                      dicom_port=dicom_port, ae_title=MINIPACS_AE, receiver_port=receiver_port)
 
 

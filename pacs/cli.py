@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server (DICOMweb over HTTP and the DICOM listener)")
     serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8042)")
-    serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    serve.add_argument("--workers", type=int, help="worker processes, each serving HTTP, DICOM and HL7 (default: one per CPU core, at most 4)")
     serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
     serve.add_argument("--no-dicom", action="store_true", help="do not start the DICOM listener")
     serve.add_argument("--hl7-port", type=int, help="HL7 v2 (MLLP) port (default 2575)")
@@ -147,8 +147,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     _announce(settings, listeners)
     _announce_security(settings, first_admin_password)
     try:
-        if settings.http_workers > 1:
-            return serving.supervise(settings, listeners, settings.http_workers)
+        if settings.worker_count > 1:
+            return serving.supervise(settings, listeners, settings.worker_count)
         serving.serve_worker(settings, listeners)
     except KeyboardInterrupt:
         pass
@@ -162,7 +162,7 @@ def _announce(settings: Settings, listeners: Listeners) -> None:
 
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     root = f"{'https' if settings.http_tls_cert else 'http'}://{host}:{port_of(listeners.http)}"
-    workers = f"{settings.http_workers} worker processes" if settings.http_workers > 1 else "one process"
+    workers = f"{settings.worker_count} worker processes" if settings.worker_count > 1 else "one process"
     print(f"minipacs is starting ({workers})", flush=True)
     print(f"  DICOMweb:  {root}/dicom-web   (QIDO-RS, WADO-RS, STOW-RS)", flush=True)
     print(f"  Health:    {root}/health", flush=True)

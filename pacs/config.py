@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DUPLICATE_POLICIES = ("keep", "overwrite", "reject")
+AUTO_WORKERS_MAX = 4  # each worker holds its own caches and pools (~100 MB)
 COMPRESSION_NAMES = {
     "jpeg2000-lossless": "1.2.840.10008.1.2.4.90",
     "jpegls-lossless": "1.2.840.10008.1.2.4.80",
@@ -36,7 +37,7 @@ class Settings:
     s3_region: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8042
-    http_workers: int = 1
+    http_workers: int = 0  # worker processes; 0 (or "auto"): one per CPU core, at most AUTO_WORKERS_MAX
     public_url: str = ""  # e.g. https://pacs.example.org when behind a reverse proxy
     dicom_port: int = 11112
     ae_title: str = "MINIPACS"
@@ -119,6 +120,13 @@ class Settings:
     def is_embedded(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
 
+    @property
+    def worker_count(self) -> int:
+        """Worker processes `minipacs serve` runs (see pacs.serving)."""
+        if self.http_workers:
+            return self.http_workers
+        return max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
@@ -136,6 +144,8 @@ class Settings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
         known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        if str(raw.get("http_workers", "")).strip().lower() == "auto":
+            raw = {**raw, "http_workers": 0}
         if str(raw.get("hl7_port", "")).strip().lower() == "off":  # MINIPACS_HL7_PORT=off: no listener
             raw = {**{k: v for k, v in raw.items() if k != "hl7_port"}, "hl7_enabled": False}
         values: dict[str, Any] = {}
@@ -204,6 +214,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MINIPACS_{name.upper()} must be at least 1")
+        if not 0 <= self.http_workers <= 64:
+            raise ConfigError(f"MINIPACS_HTTP_WORKERS must be auto or 1 to 64, not {self.http_workers}")
         if self.hl7_max_message_bytes < 1024:
             raise ConfigError("MINIPACS_HL7_MAX_MESSAGE_BYTES must be at least 1024")
         for name in ("http_port", "dicom_port", "dicom_tls_port", "hl7_port"):
