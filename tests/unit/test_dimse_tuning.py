@@ -71,3 +71,98 @@ def test_stored_bytes_go_out_unchanged_in_their_own_encoding() -> None:
     assert association.encode(sending, True, True) == encode(ds, True, True)
     assert sending.SOPInstanceUID == ds.SOPInstanceUID
     assert sending.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+
+
+def _primitives() -> list[object]:
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE, N_CREATE, N_SET
+
+    store_rq = C_STORE()
+    store_rq.MessageID, store_rq.AffectedSOPClassUID, store_rq.AffectedSOPInstanceUID = 7, CTImageStorage, "1.2.3"
+    store_rq.Priority, store_rq.DataSet = 2, BytesIO(b"\x08\x00\x16\x00" * 10)
+    store_rq.MoveOriginatorApplicationEntityTitle, store_rq.MoveOriginatorMessageID = "MOVESCU", 3
+    store_rsp = C_STORE()
+    store_rsp.MessageIDBeingRespondedTo, store_rsp.AffectedSOPClassUID = 7, CTImageStorage
+    store_rsp.AffectedSOPInstanceUID, store_rsp.Status = "1.2.34", 0
+    failed = C_STORE()
+    failed.MessageIDBeingRespondedTo, failed.Status, failed.ErrorComment = 9, 0xC000, "cannot read it"
+    failed.OffendingElement = [0x00080018, 0x0020000D]
+    find_rsp = C_FIND()
+    find_rsp.MessageIDBeingRespondedTo, find_rsp.Status, find_rsp.AffectedSOPClassUID = 1, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.1"
+    find_rsp.Identifier = BytesIO(b"\x10\x00\x10\x00\x04\x00\x00\x00DOE^")
+    move_rsp = C_MOVE()
+    move_rsp.MessageIDBeingRespondedTo, move_rsp.Status = 5, 0xFF00
+    move_rsp.NumberOfRemainingSuboperations, move_rsp.NumberOfCompletedSuboperations = 299, 1
+    move_rsp.NumberOfFailedSuboperations, move_rsp.NumberOfWarningSuboperations = 0, 0
+    get_rsp = C_GET()
+    get_rsp.MessageIDBeingRespondedTo, get_rsp.Status = 5, 0xB000
+    get_rsp.NumberOfRemainingSuboperations, get_rsp.NumberOfCompletedSuboperations = 0, 299
+    get_rsp.NumberOfFailedSuboperations, get_rsp.NumberOfWarningSuboperations = 1, 0
+    get_rsp.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
+    echo_rsp = C_ECHO()
+    echo_rsp.MessageIDBeingRespondedTo, echo_rsp.Status, echo_rsp.AffectedSOPClassUID = 1, 0, "1.2.840.10008.1.1"
+    create_rsp = N_CREATE()
+    create_rsp.MessageIDBeingRespondedTo, create_rsp.Status = 2, 0
+    create_rsp.AffectedSOPClassUID, create_rsp.AffectedSOPInstanceUID = "1.2.840.10008.3.1.2.3.3", "1.2.3.4"
+    set_rsp = N_SET()
+    set_rsp.MessageIDBeingRespondedTo, set_rsp.Status = 3, 0x0110
+    set_rsp.RequestedSOPClassUID, set_rsp.RequestedSOPInstanceUID = "1.2.840.10008.3.1.2.3.3", "1.2.3.4"
+    return [store_rq, store_rsp, failed, find_rsp, move_rsp, get_rsp, echo_rsp, create_rsp, set_rsp]
+
+
+@pytest.mark.parametrize("primitive", _primitives(), ids=lambda p: type(p).__name__)
+def test_command_sets_are_what_pynetdicom_encodes(primitive: object) -> None:
+    from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+    from pynetdicom.dsutils import encode
+
+    from pacs.dimse import command_set
+
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE  # type: ignore[attr-defined]
+    message = table[type(primitive)]()
+    message.primitive_to_message(primitive)
+    assert command_set.encode(type(message).__name__, primitive) == encode(message.command_set, True, True)
+
+
+class _Sink:
+    """Stands in for the upper layer: what would be sent, in order."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+
+    def send_pdu(self, primitive: object) -> None:
+        from pynetdicom.pdu import P_DATA_TF
+
+        self.sent += getattr(primitive, "encoded", None) or P_DATA_TF(primitive).encode()
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 100])
+@pytest.mark.parametrize("primitive", _primitives(), ids=lambda p: type(p).__name__)
+def test_batched_messages_are_byte_for_byte_pynetdicom_s(primitive: object, max_pdu: int) -> None:
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    assert tuning.apply()
+
+    from types import SimpleNamespace
+
+    class _Assoc:
+        is_requestor = True
+
+        def __init__(self) -> None:
+            self.dul = _Sink()
+            self.acceptor = SimpleNamespace(maximum_length=max_pdu)
+
+        def get_handlers(self, event: object) -> list[object]:
+            return []
+
+    def sent_by(send_msg: object) -> bytes:
+        provider = DIMSEServiceProvider.__new__(DIMSEServiceProvider)
+        provider._assoc = _Assoc()  # type: ignore[assignment]
+        sink = provider._assoc.dul
+        for keyword in ("DataSet", "Identifier"):
+            if getattr(primitive, keyword, None) is not None:
+                getattr(primitive, keyword).seek(0)
+        send_msg(provider, primitive, 3)  # type: ignore[operator]
+        return bytes(sink.sent)
+
+    assert sent_by(tuning.send_msg_batched) == sent_by(tuning._ORIGINAL_SEND_MSG)
