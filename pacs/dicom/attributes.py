@@ -8,6 +8,7 @@ PS3.18 Table 10.6.1-5 (and the PS3.4 C.6 unique/required keys used by C-FIND).
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -34,13 +35,13 @@ class Attribute:
     computed: bool = False  # maintained by the index, not read from the file
     parent: str | None = None  # for items of a sequence: the sequence keyword
 
-    @property
+    @functools.cached_property
     def tag(self) -> int:
         tag = tag_for_keyword(self.keyword)
         assert tag is not None, self.keyword
         return tag
 
-    @property
+    @functools.cached_property
     def tag_hex(self) -> str:
         return f"{self.tag:08X}"
 
