@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import time
 
 import pytest
 from pydicom.filewriter import write_file_meta_info
@@ -166,3 +167,29 @@ def test_batched_messages_are_byte_for_byte_pynetdicom_s(primitive: object, max_
         return bytes(sink.sent)
 
     assert sent_by(tuning.send_msg_batched) == sent_by(tuning._ORIGINAL_SEND_MSG)
+
+
+def test_reactor_waits_end_as_soon_as_there_is_work() -> None:
+    """The replaced idle sleeps return when work arrives (and at the latest when the sleep
+    would have ended): a queued message, bytes on the socket."""
+    import queue
+    from types import SimpleNamespace
+
+    pending: queue.Queue[object] = queue.Queue()
+    assoc = SimpleNamespace(dimse=SimpleNamespace(msg_queue=pending))
+    threading.Timer(0.05, pending.put, args=("message",)).start()
+    began = time.monotonic()
+    tuning._wait_for_message(assoc, 5.0)
+    assert time.monotonic() - began < 2.0 and pending.get_nowait() == "message"
+
+    left, right = socket.socketpair()
+    try:
+        provider = SimpleNamespace(socket=SimpleNamespace(socket=left))
+        threading.Timer(0.05, right.send, args=(b"x",)).start()
+        began = time.monotonic()
+        tuning._wait_for_data(provider, 5.0)
+        assert time.monotonic() - began < 2.0
+        assert provider._busy_until > time.monotonic()  # an exchange is under way
+    finally:
+        left.close()
+        right.close()
