@@ -85,8 +85,8 @@ def apply() -> bool:
     DIMSEServiceProvider.send_msg = send_msg_batched  # type: ignore[method-assign]
     fsm.ACTIONS["DT-1"] = (fsm.ACTIONS["DT-1"][0], _send_p_data, "Sta6")
     AssociationSocket.send = send_all  # type: ignore[method-assign]
-    association.time = _ReactorClock(association.time)  # type: ignore[attr-defined]
-    dul_module.time = _ReactorClock(dul_module.time)  # type: ignore[attr-defined]
+    association.time = _ReactorClock(association.time)  # type: ignore[assignment]
+    dul_module.time = _ReactorClock(dul_module.time)  # type: ignore[assignment]
     _applied = True
     return True
 
@@ -142,7 +142,7 @@ def _wait_for_data(provider: Any, seconds: float) -> None:
         time.sleep(seconds)
         return
     if readable:
-        provider._busy_until = now + _BUSY_SECONDS
+        provider._busy_until = time.monotonic() + _BUSY_SECONDS
 
 
 _BATCH_BYTES = 1 << 20  # encoded PDUs handed to the upper layer at a time
@@ -263,7 +263,7 @@ def send_all(self: AssociationSocket, bytestream: bytes) -> None:
     try:
         sock.sendall(bytestream)
         evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": bytestream})
-    except Exception:
+    except Exception:  # noqa: BLE001 - as pynetdicom's send: any failure means the connection is gone
         self.event_queue.put("Evt17")  # transport connection closed
 
 
