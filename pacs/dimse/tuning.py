@@ -120,6 +120,10 @@ def _wait_for_message(assoc: Any, seconds: float) -> None:
     with waiting.not_empty:
         if not len(waiting.queue):
             waiting.not_empty.wait(seconds)
+        if len(waiting.queue):
+            # A put wakes one waiter; it may have been this one while another thread (a
+            # send_c_store awaiting its response) is the one that takes the message: pass it on.
+            waiting.not_empty.notify()
 
 
 _BUSY_SECONDS = 0.05  # after data arrived, an exchange is under way: look for the answer often

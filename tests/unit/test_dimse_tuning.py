@@ -193,3 +193,25 @@ def test_reactor_waits_end_as_soon_as_there_is_work() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_a_reactor_wait_never_keeps_a_message_from_its_taker() -> None:
+    """The association reactor waits on the message queue while a sub-operation (C-MOVE's
+    send_c_store) blocks in get() on the same queue: the wake-up of a put must reach the getter."""
+    import queue
+    from types import SimpleNamespace
+
+    for _ in range(50):
+        pending: queue.Queue[object] = queue.Queue()
+        assoc = SimpleNamespace(dimse=SimpleNamespace(msg_queue=pending))
+        reactor = threading.Thread(target=tuning._wait_for_message, args=(assoc, 5.0))
+        reactor.start()
+        got: list[object] = []
+        taker = threading.Thread(target=lambda: got.append(pending.get(timeout=5.0)))
+        taker.start()
+        time.sleep(0.01)  # both are waiting now
+        began = time.monotonic()
+        pending.put("response")
+        taker.join()
+        assert got == ["response"] and time.monotonic() - began < 2.0
+        reactor.join()
