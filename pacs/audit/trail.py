@@ -10,7 +10,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -185,7 +186,7 @@ class AuditTrail:
             if key in folded:
                 folded[key].count += event.count
             else:
-                folded[key] = AuditEvent(**{**asdict(event), "detail": dict(event.detail)})
+                folded[key] = dataclasses.replace(event, detail=dict(event.detail))
         events = list(folded.values())
         unknown = [e.study_uid for e in events if e.study_uid and not e.patient_id]
         patients = self.repository.patients_of(uid for uid in unknown if uid)
@@ -207,8 +208,12 @@ class AuditTrail:
             self.syslog.send(event.action.upper(), line, structured, severity=severity)
 
 
+_COLUMNS = tuple(f.name for f in dataclasses.fields(AuditEvent))
+
+
 def _row(event: AuditEvent) -> dict[str, Any]:
-    row = asdict(event)
+    # Field by field: dataclasses.asdict deep-copies every value, which the row does not need.
+    row = {name: getattr(event, name) for name in _COLUMNS}
     row["detail"] = json.dumps(event.detail, default=str, separators=(",", ":"))
     for name in ("patient_id", "study_uid", "series_uid", "sop_uid"):
         if row[name] is not None:
