@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (
 
 from pacs import errors
 from pacs.audit.trail import Action, Outcome, store_events
-from pacs.dimse import access, status
+from pacs.dimse import access, find_answers, status
 from pacs.dimse.identifiers import PATIENT_ROOT, STUDY_ROOT, identifier_from_row, query_from_identifier, retrieve_query
 from pacs.dimse.transcoding import UNCOMPRESSED, StoreAssociation
 from pacs.index.repository import StoredInstance
@@ -122,6 +122,10 @@ def handle_store(event: Event, services: Services) -> int:
     return status.SUCCESS
 
 
+# Transfer syntaxes whose answers are encoded straight from the rows (implicit VR or not).
+_ANSWER_ENCODINGS = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
+
+
 def _model(event: Event) -> str:
     return PATIENT_ROOT if event.request.AffectedSOPClassUID in _PATIENT_ROOT else STUDY_ROOT
 
@@ -151,11 +155,16 @@ def handle_find(event: Event, services: Services) -> Iterator[tuple[int, Dataset
         detail={"query": access.identifier_summary(identifier), "results": len(rows)},
     )
     ae_title = services.settings.ae_title
+    syntax = str(event.context.transfer_syntax)
+    plan = find_answers.plan_of(identifier) if syntax in _ANSWER_ENCODINGS else None
     for row in rows:
         if event.is_cancelled:
             yield status.CANCEL, None
             return
-        yield status.PENDING, identifier_from_row(row, identifier, query.level, ae_title)
+        answer = None
+        if plan is not None:
+            answer = find_answers.encoded_answer(plan, row, query.level, ae_title, implicit=_ANSWER_ENCODINGS[syntax])
+        yield status.PENDING, answer if answer is not None else identifier_from_row(row, identifier, query.level, ae_title)
 
 
 def _instances(event: Event, services: Services) -> list[StoredInstance]:

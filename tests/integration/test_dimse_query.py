@@ -252,16 +252,20 @@ def test_c_cancel_stops_the_responses(
     assert all(r.ok for r in services.ingest.store_files(write_files(instances, tmp_path / "many")))
     # The second answer waits until the listener has received the C-CANCEL, so the test does
     # not depend on how fast the answers go out.
-    real = handlers.identifier_from_row
     made: list[int] = []
 
-    def gated(*args: Any) -> Dataset:
-        made.append(1)
-        if len(made) == 2:
-            wait_until(lambda: any(a.dimse.cancel_req for a in listener.ae.active_associations))
-        return real(*args)
+    def gate(real: Any) -> Any:
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            made.append(1)
+            if len(made) == 2:
+                wait_until(lambda: any(a.dimse.cancel_req for a in listener.ae.active_associations))
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(handlers, "identifier_from_row", gated)
+        return gated
+
+    # Answers are encoded straight from the rows, or built as data sets when that cannot be.
+    monkeypatch.setattr(handlers, "identifier_from_row", gate(handlers.identifier_from_row))
+    monkeypatch.setattr(handlers.find_answers, "encoded_answer", gate(handlers.find_answers.encoded_answer))
     context = next(c for c in finder.accepted_contexts if c.abstract_syntax == StudyRootFind)
     responses = finder.send_c_find(identifier("IMAGE", PatientID="MANY", SOPInstanceUID=""), StudyRootFind, msg_id=5)
     status, first = next(responses)
