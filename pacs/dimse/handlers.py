@@ -123,7 +123,7 @@ def handle_store(event: Event, services: Services) -> int:
 
 
 # Transfer syntaxes whose answers are encoded straight from the rows (implicit VR or not).
-_ANSWER_ENCODINGS = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
+_ANSWER_ENCODINGS: dict[str, bool] = {str(ImplicitVRLittleEndian): True, str(ExplicitVRLittleEndian): False}
 
 
 def _model(event: Event) -> str:
@@ -145,7 +145,7 @@ def handle_find(event: Event, services: Services) -> Iterator[tuple[int, Dataset
         access.record(services, principal, Action.SEARCH, Outcome.FAILURE, code, detail={"reason": str(exc)[:200]})
         yield code, None
         return
-    except Exception as exc:  # an identifier pydicom cannot decode
+    except Exception as exc:  # noqa: BLE001 - an identifier pydicom cannot decode, whatever it raises
         log.warning("C-FIND from %s: unreadable identifier (%s)", peer(event), type(exc).__name__)
         yield status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
         return
