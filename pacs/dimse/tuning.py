@@ -87,8 +87,26 @@ def apply() -> bool:
     AssociationSocket.send = send_all  # type: ignore[method-assign]
     association.time = _ReactorClock(association.time)  # type: ignore[assignment]
     dul_module.time = _ReactorClock(dul_module.time)  # type: ignore[assignment]
+    association.Association.send_c_store = _pausing_first(association.Association.send_c_store)  # type: ignore[method-assign]
     _applied = True
     return True
+
+
+def _pausing_first(send_c_store: Callable[..., Any]) -> Callable[..., Any]:
+    """send_c_store from another thread pauses the association's reactor by clearing its
+    checkpoint and waiting until the reactor says it is paused; a flag left set by the
+    reactor's previous pause makes it go on at once, while the reactor runs on and may take the
+    response for itself (C-MOVE sub-operations then fail on the DIMSE timeout). Clearing the
+    flag first makes the wait see the reactor's next pause. In the reactor's own thread (C-GET)
+    the flag is the reactor's, set around the service it is running, and stays as it is."""
+
+    def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not self:
+            self._reactor_checkpoint.clear()
+            self._is_paused = False
+        return send_c_store(self, *args, **kwargs)
+
+    return send
 
 
 _REACTOR_SLEEP = 0.001  # what pynetdicom's loops sleep when idle

@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -36,11 +36,11 @@ def children_of(pid: int) -> set[int]:
 
 
 class Server:
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, **extra_env: str) -> None:
         self.http_port, self.dicom_port = free_port(), free_port()
         env = {
             **os.environ, **settings_env(settings), "MINIPACS_AUTH": "off", "MINIPACS_HL7_PORT": "off",
-            "MINIPACS_HTTP_PORT": str(self.http_port), "MINIPACS_DICOM_PORT": str(self.dicom_port),
+            "MINIPACS_HTTP_PORT": str(self.http_port), "MINIPACS_DICOM_PORT": str(self.dicom_port), **extra_env,
         }
         self.log = settings.data_dir.parent / "serve.log"
         with self.log.open("wb") as log:
@@ -168,3 +168,29 @@ def test_day_old_temp_files_are_swept_at_start(settings: Settings) -> None:
     os.utime(old, (two_days_ago, two_days_ago))
     assert sweep_temp_files(settings) == 1
     assert not old.exists() and young.exists()
+
+
+def test_c_move_through_a_worker_sends_every_instance(settings: Settings, tmp_path: Path) -> None:
+    """Sub-operations one after another as fast as the peer answers: each response reaches the
+    sub-operation waiting for it (none left to time out while another thread takes it)."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    from tests.support.dimse import identifier, running_storescp
+
+    with running_storescp(tmp_path / "moved", "MOVEDEST") as receiver:
+        running = Server(settings, workers=2, MINIPACS_REMOTE_AES=f"MOVEDEST@127.0.0.1:{receiver.port}")
+        try:
+            series = make_series(60, size=8)
+            assert running.stow(series).status_code == 200
+            ae = AE(ae_title="WORKERTEST")
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            ae.dimse_timeout = 20
+            assoc = ae.associate("127.0.0.1", running.dicom_port, ae_title="MINIPACS")
+            assert assoc.is_established
+            query = identifier("STUDY", StudyInstanceUID=series[0].StudyInstanceUID)
+            *_, (final, _) = list(assoc.send_c_move(query, "MOVEDEST", StudyRootQueryRetrieveInformationModelMove))
+            assoc.release()
+            assert int(final.Status) == 0x0000
+            assert sorted(receiver.datasets()) == sorted(ds.SOPInstanceUID for ds in series)
+        finally:
+            stop_process(running.process)
