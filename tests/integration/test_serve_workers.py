@@ -31,7 +31,7 @@ STOW_TYPE = "multipart/related; type=\"application/dicom\""
 
 
 def children_of(pid: int) -> set[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-P", str(pid)], check=False, capture_output=True, text=True).stdout.split()
     return {int(p) for p in found}
 
 
@@ -150,7 +150,7 @@ def test_a_taken_port_stops_serve_before_any_worker_starts(settings: Settings, t
         taken.listen()
         env = {**os.environ, **settings_env(settings), "MINIPACS_HL7_PORT": "off",
                "MINIPACS_HTTP_PORT": str(free_port()), "MINIPACS_DICOM_PORT": str(taken.getsockname()[1])}
-        result = subprocess.run([sys.executable, "-m", "pacs.cli", "serve", "--workers", "2"], env=env,
+        result = subprocess.run([sys.executable, "-m", "pacs.cli", "serve", "--workers", "2"], check=False, env=env,
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "cannot listen for DICOM on 127.0.0.1" in result.stderr
