@@ -5,12 +5,12 @@ syslog collector (RFC 5424)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum

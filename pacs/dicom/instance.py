@@ -28,6 +28,7 @@ from pydicom.uid import (
 )
 
 from pacs.dicom.attributes import CATALOGUE, INTEGER_VRS, Level, normalize_time
+from pacs.dicom.fastheader import FastHeader, Unsupported, person_name_text, read_fast_header
 from pacs.dicom.frames import (
     PIXEL_TAGS,
     Layout,
@@ -36,7 +37,6 @@ from pacs.dicom.frames import (
     native_layout,
     read_element_header,
 )
-from pacs.dicom.fastheader import FastHeader, Unsupported, person_name_text, read_fast_header
 from pacs.errors import InvalidDicom
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from pacs.errors import DatabaseUnavailable
 
-
 IDLE_PING_SECONDS = 10.0
 
 

@@ -207,7 +207,11 @@ def test_a_reactor_wait_never_keeps_a_message_from_its_taker() -> None:
         reactor = threading.Thread(target=tuning._wait_for_message, args=(assoc, 5.0))
         reactor.start()
         got: list[object] = []
-        taker = threading.Thread(target=lambda: got.append(pending.get(timeout=5.0)))
+
+        def take(into: list[object] = got, source: queue.Queue[object] = pending) -> None:
+            into.append(source.get(timeout=5.0))
+
+        taker = threading.Thread(target=take)
         taker.start()
         time.sleep(0.01)  # both are waiting now
         began = time.monotonic()

@@ -213,7 +213,7 @@ def test_truncated_value_goes_to_the_general_reader(tmp_path: Path) -> None:
 def test_no_preamble_goes_to_the_general_reader(tmp_path: Path) -> None:
     path = write(tmp_path, make_ct(8))
     path.write_bytes(path.read_bytes()[132:])
-    fast, general = read_both(path)
+    fast, _ = read_both(path)
     assert fast is None
 
 
