@@ -165,6 +165,7 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
         if options.dicomweb:
             _stow_phases(server, data, options, result, cpu)
         if options.dimse:
+            rss.set_phase("c-store")
             result.dimse = dimse.DimseResult()
             with temp_folder("bench-dimse-logs-") as logs:
                 _cstore_phases(server, data, options, result.dimse, cpu, logs)
@@ -177,6 +178,7 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
         if options.dicomweb:
             _read_phases(server, data, options, result, cpu)
         if result.dimse is not None:
+            rss.set_phase("dimse-read")
             with temp_folder("bench-dimse-") as work:
                 _dimse_read_phases(server, data, options, result.dimse, cpu, work)
         if options.big_frames and options.dicomweb:
@@ -187,6 +189,9 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
             rss.set_phase("end")
             result.big_rss = rss.peaks.get("big")
         rss.sample()
+        if server.pid:
+            say(f"{server.name}: peak memory (PSS) per phase: "
+                + ", ".join(f"{phase} {peak / 2**20:.0f} MB" for phase, peak in rss.peaks.items()))
         result.peak_rss = rss.sampled_peak if server.pid else None
         result.peak_hwm = rss.hwm_seen if server.pid else None
         if options.render and data.pixels is not None:

@@ -24,7 +24,6 @@ from pacs.index.orders import Order
 from pacs.security.principal import Principal
 from storage.base import BlobStore
 from worklist.export_formats import BatchHeader, to_csv, to_hl7
-from worklist.export_pdf import to_pdf
 from worklist.orders import utcnow
 
 log = logging.getLogger(__name__)
@@ -124,6 +123,8 @@ def render(format: ExportFormat, orders: Sequence[Order], header: BatchHeader, c
         return to_csv(orders)
     if format is ExportFormat.HL7:
         return to_hl7(orders, header)
+    from worklist.export_pdf import to_pdf  # fpdf takes ~25 MB: loaded by the first PDF export, not by every worker
+
     return to_pdf(orders, header, created_by)
 
 

@@ -42,7 +42,7 @@ from pacs.index.study_links import (
 from worklist.orders import OrderService, utcnow
 
 log = logging.getLogger(__name__)
-CACHE_SIZE = 20_000  # studies remembered per process
+CACHE_SIZE = 4096  # studies remembered per process: those arriving now (a miss costs one look-up)
 UNMATCHED_SECONDS = 60.0  # an unmatched study is looked up again after this long
 
 
