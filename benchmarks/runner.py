@@ -291,6 +291,9 @@ def _read_phases(server: Server, data: Prepared, options: Options, result: Targe
 
 
 def _quiet(server: Server, options: Options) -> None:
+    # Dirty pages of earlier phases (the prepared C-STORE files, the other server's data) would
+    # otherwise be written back during the next phase and slow whichever server's fsyncs meet them.
+    os.sync()
     if options.wait_quiet <= 0:
         return
     if not wait_until_quiet(timeout=options.wait_quiet, cores=os.cpu_count() or 1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pacs.errors import Conflict, NotFound
@@ -85,11 +85,8 @@ class AccountRepository:
 
     def provider_username(self, provider_name: str) -> str | None:
         """The enabled provider account linked to this normalised person name, if any."""
-        stmt = select(users.c.username).where(
-            users.c.role == "provider", users.c.provider_name == provider_name, users.c.disabled.is_(False)
-        )
         with read_transaction(self.engine) as conn:
-            return conn.execute(stmt.order_by(users.c.username).limit(1)).scalar()
+            return conn.execute(_PROVIDER_ACCOUNT, {"provider_name": provider_name}).scalar()
 
     def user(self, username: str) -> User:
         found = self.find_user(username)
@@ -191,6 +188,14 @@ class AccountRepository:
     def clear_failures(self, subject: str) -> None:
         with write_transaction(self.engine) as conn:
             conn.execute(delete(login_failures).where(login_failures.c.subject == subject))
+
+
+_PROVIDER_ACCOUNT = (
+    select(users.c.username)
+    .where(users.c.role == "provider", users.c.provider_name == bindparam("provider_name"), users.c.disabled.is_(False))
+    .order_by(users.c.username)
+    .limit(1)
+)
 
 
 def _user(row: object) -> User:

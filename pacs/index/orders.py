@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, func, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -107,9 +107,9 @@ class OrderRepository:
                 if generate_accession:
                     row["accession_number"] = _free_accession(conn, year)
                 row.update(created_at=now, updated_at=now)
-                pk = conn.execute(orders.insert().values(**row).returning(orders.c.pk)).scalar_one()
-                _record_change(conn, pk, None, row["status"], row["created_by"], now, "")
-                return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
+                created = conn.execute(_INSERT_ORDER, row).one()
+                _record_change(conn, created.pk, None, row["status"], row["created_by"], now, "")
+                return _order(created)
         except IntegrityError:
             raise Conflict(f"accession number {values.get('accession_number')} is already used by another order") from None
 
@@ -141,10 +141,11 @@ class OrderRepository:
     def update(self, pk: int, values: dict[str, Any], *, expected_status: str, now: datetime) -> Order:
         """Change fields, unless the order left `expected_status` meanwhile."""
         with write_transaction(self.engine) as conn:
-            stmt = update(orders).where(orders.c.pk == pk, orders.c.status == expected_status)
-            if conn.execute(stmt.values(**with_name_norms(values), updated_at=now)).rowcount == 0:
+            params = {**with_name_norms(values), "updated_at": now, "where_pk": pk, "where_status": expected_status}
+            changed = conn.execute(_UPDATE_ORDER, params).first()
+            if changed is None:
                 raise Conflict(f"order {pk} changed meanwhile; reload it and try again")
-            return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
+            return _order(changed)
 
     def change_status(
         self, pk: int, from_status: str, to_status: str, *, changed_by: str, reason: str, now: datetime,
@@ -152,11 +153,13 @@ class OrderRepository:
     ) -> Order:
         """Move the order from `from_status` to `to_status` and record it; a concurrent change wins."""
         with write_transaction(self.engine) as conn:
-            stmt = update(orders).where(orders.c.pk == pk, orders.c.status == from_status)
-            if conn.execute(stmt.values(**with_name_norms(values or {}), status=to_status, updated_at=now)).rowcount == 0:
+            params = {**with_name_norms(values or {}), "status": to_status, "updated_at": now, "where_pk": pk,
+                      "where_status": from_status}
+            changed = conn.execute(_UPDATE_ORDER, params).first()
+            if changed is None:
                 raise Conflict(f"order {pk} is no longer {from_status}; reload it and try again")
             _record_change(conn, pk, from_status, to_status, changed_by, now, reason)
-            return _order(conn.execute(select(orders).where(orders.c.pk == pk)).one())
+            return _order(changed)
 
     def history(self, pk: int) -> list[StatusChange]:
         stmt = (
@@ -184,20 +187,36 @@ def with_name_norms(values: dict[str, Any]) -> dict[str, Any]:
 def _next_number(conn: Connection, kind: str, year: int) -> int:
     """The next number of (kind, year). The upsert takes the counter row's lock until commit
     on PostgreSQL (SQLite's write transactions are serialised anyway), so no two share one."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(order_counters).values(kind=kind, year=year, last=1)
+    return int(conn.execute(_NEXT_NUMBER[conn.dialect.name == "postgresql"], {"kind": kind, "year": year}).scalar_one())
+
+
+def _counter_upsert(dialect: Any) -> Any:
+    stmt = dialect.insert(order_counters).values(kind=bindparam("kind"), year=bindparam("year"), last=1)
     stmt = stmt.on_conflict_do_update(
         index_elements=[order_counters.c.kind, order_counters.c.year],
         set_={"last": order_counters.c.last + 1},
     )
-    return int(conn.execute(stmt.returning(order_counters.c.last)).scalar_one())
+    return stmt.returning(order_counters.c.last)
+
+
+# Statements built once: SQLAlchemy then reuses their compiled form (building one per call, with
+# the order's forty values inlined, cost more than the database work of an order).
+_NEXT_NUMBER = {False: _counter_upsert(sqlite), True: _counter_upsert(postgresql)}
+_INSERT_ORDER = orders.insert().returning(*orders.c)
+_UPDATE_ORDER = (
+    update(orders)
+    .where(orders.c.pk == bindparam("where_pk"), orders.c.status == bindparam("where_status"))
+    .returning(*orders.c)
+)
+_ACCESSION_USED = select(orders.c.pk).where(orders.c.accession_number == bindparam("accession"))
+_RECORD_CHANGE = order_status_history.insert()
 
 
 def _free_accession(conn: Connection, year: int) -> str:
     # An externally supplied accession number may already look like one of ours: skip it.
     while True:
         candidate = f"ACC-{year}-{_next_number(conn, 'ACC', year):05d}"
-        taken = conn.execute(select(orders.c.pk).where(orders.c.accession_number == candidate)).first()
+        taken = conn.execute(_ACCESSION_USED, {"accession": candidate}).first()
         if taken is None:
             return candidate
 
@@ -205,12 +224,8 @@ def _free_accession(conn: Connection, year: int) -> str:
 def _record_change(
     conn: Connection, pk: int, from_status: str | None, to_status: str, changed_by: str, now: datetime, reason: str
 ) -> None:
-    conn.execute(
-        order_status_history.insert().values(
-            order_pk=pk, from_status=from_status, to_status=to_status, changed_by=changed_by, changed_at=now,
-            reason=reason,
-        )
-    )
+    conn.execute(_RECORD_CHANGE, {"order_pk": pk, "from_status": from_status, "to_status": to_status,
+                                  "changed_by": changed_by, "changed_at": now, "reason": reason})
 
 
 def _filtered(stmt: Select[Any], where: OrderFilter) -> Select[Any]:
