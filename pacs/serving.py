@@ -214,7 +214,7 @@ class _Stop(Exception):
 def supervise(settings: Settings, listeners: Listeners, workers: int) -> int:
     """Fork `workers` workers over the listeners, replace any that dies, stop them all on SIGTERM
     or SIGINT. Returns the exit status for the command."""
-    _import_application()
+    _import_application(settings)
     gc.collect()
     gc.freeze()  # objects from before the fork stay out of the collector, so their pages stay shared
     children: dict[int, int] = {}  # pid -> worker number
@@ -260,7 +260,6 @@ def _fork_worker(settings: Settings, listeners: Listeners, number: int) -> int:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        gc.unfreeze()
         serve_worker(settings, listeners)
     except KeyboardInterrupt:
         pass
@@ -303,7 +302,7 @@ def _describe_status(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def _import_application() -> None:
+def _import_application(settings: Settings) -> None:
     """Import what workers run, before forking, so the pages are shared between them."""
     import uvicorn.protocols.http.httptools_impl  # noqa: F401
 
@@ -312,3 +311,8 @@ def _import_application() -> None:
     import pacs.pixels.service
     import pacs.services  # noqa: F401
     import worklist.hl7.listener  # noqa: F401
+
+    if settings.storage_url.startswith("s3://"):
+        from storage.s3 import preload_models
+
+        preload_models()

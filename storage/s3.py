@@ -8,12 +8,14 @@ clients are thread-safe once built, but the default session is not, so sharing
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import boto3
+import botocore.session
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -119,7 +121,7 @@ class S3BlobStore:
             retries={"mode": "standard", "max_attempts": retries},
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
-        session = boto3.session.Session()
+        session = boto3.session.Session(botocore_session=_botocore_session())
         return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
     # -- writing ------------------------------------------------------------------------
@@ -258,3 +260,25 @@ class S3BlobStore:
             raise StorageUnavailable(f"S3 {action} in bucket {self.bucket!r} failed: {code or exc}") from exc
         except _BACKEND_ERRORS as exc:
             raise StorageUnavailable(f"S3 {action} in bucket {self.bucket!r} failed: {exc}") from exc
+
+
+_LOADER_LOCK = threading.Lock()
+_shared_loader: Any = None
+
+
+def _botocore_session() -> Any:
+    """A new botocore session reading service models through one loader per process: its cache
+    of parsed models (megabytes of JSON for S3) is then loaded once, and when preload_models()
+    ran before the server forked its workers, shared by all of them."""
+    global _shared_loader
+    session = botocore.session.Session()
+    with _LOADER_LOCK:
+        if _shared_loader is None:
+            _shared_loader = session.get_component("data_loader")
+    session.register_component("data_loader", _shared_loader)
+    return session
+
+
+def preload_models() -> None:
+    """Parse what an S3 client is built from (service model, endpoints, partitions) now."""
+    _botocore_session().create_client("s3", region_name="us-east-1", aws_access_key_id="-", aws_secret_access_key="-")
