@@ -81,8 +81,10 @@ def encoded_answer(
 def _value(vr: str, value: Any) -> bytes | None:
     if value is None or value == "" or value == []:
         return b""
-    if isinstance(value, list):
-        return None
+    if isinstance(value, list):  # a multi-valued column (ModalitiesInStudy): values joined by "\\"
+        if vr in _BINARY or not all(isinstance(v, str) and v and "\\" not in v for v in value):
+            return None
+        value = "\\".join(value)
     if vr in _BINARY:
         try:
             return struct.pack(_BINARY[vr], int(value))

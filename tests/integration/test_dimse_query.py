@@ -14,10 +14,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind as PatientRootFind
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as StudyRootFind
 
-from pacs.dimse import handlers
+from pacs.dicom.attributes import Level
+from pacs.dimse import find_answers, handlers
+from pacs.dimse.identifiers import STUDY_ROOT, identifier_from_row, query_from_identifier
 from pacs.dimse.server import DicomServer
 from pacs.errors import DatabaseUnavailable
 from pacs.services import Services
@@ -124,6 +127,23 @@ def test_study_level_keys_and_counts(finder: Association, archive: Archive) -> N
     assert (study.PatientID, study.StudyDate, study.AccessionNumber) == ("PA", "20240115", "ACC-A1")
     assert sorted(study.ModalitiesInStudy) == ["CT", "MR"]
     assert (study.NumberOfStudyRelatedSeries, study.NumberOfStudyRelatedInstances) == (2, 4)
+
+
+def test_index_rows_are_answered_without_building_datasets(services: Services, archive: Archive) -> None:
+    """The answers for catalogue keys come straight from the index rows (find_answers), the
+    same bytes pydicom writes, multi-valued ModalitiesInStudy included."""
+    query = identifier(
+        "STUDY", PatientID="PA", PatientName="", StudyInstanceUID="", StudyDate="", AccessionNumber="",
+        ModalitiesInStudy="", NumberOfStudyRelatedSeries="", NumberOfStudyRelatedInstances="",
+    )
+    plan = find_answers.plan_of(query)
+    assert plan is not None
+    rows = services.index.search(query_from_identifier(query, STUDY_ROOT))
+    assert sorted(len(row["modalities_in_study"]) for row in rows) == [1, 2]
+    for row in rows:
+        fast = find_answers.encoded_answer(plan, row, Level.STUDY, "MINIPACS", implicit=False)
+        assert fast is not None
+        assert fast.encoded == encode(identifier_from_row(row, query, Level.STUDY, "MINIPACS"), False, True)
 
 
 def test_study_level_matching_types(finder: Association, archive: Archive) -> None:
