@@ -7,11 +7,12 @@ include fields filled in for the page only.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, exists, func, or_, select
 
 from pacs.dicom.attributes import INTEGER_VRS, Attribute, Level
 from pacs.dicom.query import Condition, MatchKind, Query
@@ -35,14 +36,7 @@ def run_query(conn: Connection, query: Query) -> list[Row]:
 
 def compile_query(query: Query) -> Select:
     base = TABLES[query.level]
-    joined = _joined_tables(query.level)
-    columns = [t.c[name].label(name) for t in joined for name in t.c.keys() if _returnable(name)]
-    columns.append(base.c.pk.label("_pk"))
-    if query.level >= Level.STUDY:
-        columns.append(studies.c.pk.label("_study_pk"))
-    if query.level >= Level.SERIES:
-        columns.append(series.c.pk.label("_series_pk"))
-    stmt = select(*columns).select_from(_join_chain(query.level))
+    stmt = _level_select(query.level)
     for condition in query.conditions:
         stmt = stmt.where(condition_sql(condition))
     if query.referred_by is not None:
@@ -51,6 +45,19 @@ def compile_query(query: Query) -> Select:
     if query.limit is not None:
         stmt = stmt.limit(query.limit)
     return stmt
+
+
+@functools.cache
+def _level_select(level: Level) -> Select:
+    """Columns and joins of a search at `level`, built once (statements are immutable)."""
+    base = TABLES[level]
+    columns = [t.c[name].label(name) for t in _joined_tables(level) for name in t.c.keys() if _returnable(name)]
+    columns.append(base.c.pk.label("_pk"))
+    if level >= Level.STUDY:
+        columns.append(studies.c.pk.label("_study_pk"))
+    if level >= Level.SERIES:
+        columns.append(series.c.pk.label("_series_pk"))
+    return select(*columns).select_from(_join_chain(level))
 
 
 def _returnable(name: str) -> bool:
@@ -151,12 +158,7 @@ def _add_study_counts(conn: Connection, rows: list[Row]) -> None:
     instance_count: dict[int, int] = defaultdict(int)
     modalities: dict[int, set[str]] = defaultdict(set)
     # One round trip: per series of the page's studies, its modality and instance count.
-    for study_pk, modality, n in conn.execute(
-        select(series.c.study_pk, series.c.modality, func.count(instances.c.pk))
-        .outerjoin(instances, instances.c.series_pk == series.c.pk)
-        .where(series.c.study_pk.in_(keys))
-        .group_by(series.c.pk, series.c.study_pk, series.c.modality)
-    ):
+    for study_pk, modality, n in conn.execute(_STUDY_COUNTS, {"keys": keys}):
         series_count[study_pk] += 1
         instance_count[study_pk] += n
         if modality:
@@ -170,15 +172,23 @@ def _add_study_counts(conn: Connection, rows: list[Row]) -> None:
 
 def _add_series_counts(conn: Connection, rows: list[Row]) -> None:
     keys = sorted({r["_series_pk"] for r in rows})
-    counts: dict[int, int] = dict(
-        conn.execute(
-            select(instances.c.series_pk, func.count())
-            .where(instances.c.series_pk.in_(keys))
-            .group_by(instances.c.series_pk)
-        ).all()
-    )
+    counts: dict[int, int] = dict(conn.execute(_SERIES_COUNTS, {"keys": keys}).all())
     for row in rows:
         row["number_of_series_related_instances"] = counts.get(row["_series_pk"], 0)
+
+
+# Built once; the page's keys are bound at execution.
+_STUDY_COUNTS = (
+    select(series.c.study_pk, series.c.modality, func.count(instances.c.pk))
+    .outerjoin(instances, instances.c.series_pk == series.c.pk)
+    .where(series.c.study_pk.in_(bindparam("keys", expanding=True)))
+    .group_by(series.c.pk, series.c.study_pk, series.c.modality)
+)
+_SERIES_COUNTS = (
+    select(instances.c.series_pk, func.count())
+    .where(instances.c.series_pk.in_(bindparam("keys", expanding=True)))
+    .group_by(instances.c.series_pk)
+)
 
 
 def _add_extra_fields(conn: Connection, rows: list[Row], level: Level) -> None:
