@@ -85,10 +85,22 @@ class IndexRepository:
         ]
         if self._fast.commit(rows):
             return [CommitResult(Outcome.STORED) for _ in items]
+        # Patients and studies are created in one order in every transaction: two batches
+        # creating the same new patients in different orders would otherwise wait on
+        # each other's unique-index entries (a deadlock on PostgreSQL). Copies of one instance
+        # within a batch keep their arrival order: the first is the one stored.
+        order = list(range(len(items)))
+        if len({item.parsed.sop_instance_uid for item in items}) == len(items):
+            order.sort(key=lambda i: _creation_order(items[i].parsed))
+        ordered = [items[i] for i in order]
         try:
-            return self._commit_batch(items, policy, savepoints=len(items) > 1)
+            done = self._commit_batch(ordered, policy, savepoints=len(items) > 1)
         except IntegrityError:
-            return self._commit_batch(items, policy, savepoints=True)
+            done = self._commit_batch(ordered, policy, savepoints=True)
+        results: list[CommitResult | Exception] = [None] * len(items)  # type: ignore[list-item]
+        for position, result in zip(order, done, strict=True):
+            results[position] = result
+        return results
 
     def _commit_batch(self, items: list[NewInstance], policy: str, *, savepoints: bool) -> list[CommitResult | Exception]:
         results: list[CommitResult | Exception] = []
@@ -277,6 +289,13 @@ class IndexRepository:
 
 
 _PATIENT_KEYS = ("patient_id", "issuer_of_patient_id")
+
+
+def _creation_order(parsed: ParsedInstance) -> tuple[str, str, str]:
+    # Within a study, arrival order stays: its first instance gives the study its attributes.
+    patient = parsed.attributes[Level.PATIENT]
+    return (str(patient.get("patient_id") or ""), str(patient.get("issuer_of_patient_id") or ""),
+            parsed.study_instance_uid)
 
 
 def _level_values(parsed: ParsedInstance) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -340,3 +340,42 @@ def test_indexed_attributes_are_searchable(services: Services, ingest: IngestSer
     assert sorted(row["modalities_in_study"]) == ["CT", "MR"]
     assert row["number_of_study_related_series"] == 2
     assert row["number_of_study_related_instances"] == 2
+
+
+def test_concurrent_batches_creating_the_same_patients_in_opposite_orders(services: Services, tmp_path: Path) -> None:
+    """Two index batches that create the same new patients, one in the other's reverse order,
+    both commit (on PostgreSQL each waited on the other's new rows until one was aborted as a
+    deadlock, and its instances were refused as out of resources)."""
+    import threading
+
+    from pacs.dicom.instance import inspect_instance
+    from pacs.index.repository import NewInstance
+
+    def batch(paths: list[Path]) -> list[NewInstance]:
+        return [NewInstance(inspect_instance(p), f"key-{p.name}", p.stat().st_size) for p in paths]
+
+    for round_number in range(6):
+        first = [make_ct(8, seed=n, PatientID=f"R{round_number}-P{n:02d}") for n in range(40)]
+        second = [make_ct(8, seed=100 + n, PatientID=ds.PatientID) for n, ds in enumerate(first)]
+        batches = {"a": batch(write(tmp_path / f"a{round_number}", *first)),
+                   "b": list(reversed(batch(write(tmp_path / f"b{round_number}", *second))))}
+        start = threading.Barrier(2)
+        results: dict[str, list[Any]] = {}
+
+        def commit(name: str) -> None:
+            start.wait()
+            try:
+                results[name] = services.index.commit_instances(batches[name], "keep")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                results[name] = [exc]
+
+        threads = [threading.Thread(target=commit, args=(name,)) for name in batches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        failed = [r for r in results["a"] + results["b"] if isinstance(r, Exception)]
+        assert failed == []
+        assert all(r.outcome == Outcome.STORED for r in results["a"] + results["b"])
+    patients = services.index.search(Query(level=Level.PATIENT, limit=None))
+    assert len({row["patient_id"] for row in patients}) == 6 * 40
