@@ -18,7 +18,8 @@ are replaced by equivalents that give the same results with less work:
 - The association and upper-layer reactor threads poll, sleeping 1 ms whenever there was
   nothing to do: every request waited up to a millisecond to be read and another to be handed
   on. Their sleeps now wait for the work itself (a decoded message; data on the socket), still
-  for at most the same time, so nothing else about the loops changes.
+  for at most the same time, so nothing else about the loops changes; queueing a PDU to send
+  wakes the upper layer's wait at once.
 
 The replaced functions were read in the pynetdicom versions listed in SUPPORTED; with any other
 version nothing is changed (stock pynetdicom works, only slower). tests/unit/test_dimse_tuning.py
@@ -30,6 +31,7 @@ from __future__ import annotations
 import io
 import logging
 import select
+import socket
 import ssl
 import struct
 import threading
@@ -87,6 +89,8 @@ def apply() -> bool:
     AssociationSocket.send = send_all  # type: ignore[method-assign]
     association.time = _ReactorClock(association.time)  # type: ignore[assignment]
     dul_module.time = _ReactorClock(dul_module.time)  # type: ignore[assignment]
+    dul_module.DULServiceProvider.send_pdu = _ringing(dul_module.DULServiceProvider.send_pdu)  # type: ignore[method-assign]
+    dul_module.DULServiceProvider.run_reactor = _closing_bell(dul_module.DULServiceProvider.run_reactor)  # type: ignore[method-assign]
     association.Association.send_c_store = _pausing_first(association.Association.send_c_store)  # type: ignore[method-assign]
     _applied = True
     return True
@@ -144,27 +148,70 @@ def _wait_for_message(assoc: Any, seconds: float) -> None:
             waiting.not_empty.notify()
 
 
-_BUSY_SECONDS = 0.05  # after data arrived, an exchange is under way: look for the answer often
-_BUSY_SLEEP = 0.0002
-
-
 def _wait_for_data(provider: Any, seconds: float) -> None:
-    """Until the peer's next bytes arrive, at most ``seconds``; shorter while an exchange is
-    under way, since the answer our side queues is only noticed when the wait ends (outgoing
-    primitives, timers and the rest are looked at then, as after pynetdicom's own sleep)."""
+    """Until the peer's next bytes arrive or our side queues something to send (send_pdu rings
+    the provider's bell), at most ``seconds``; timers and the rest are looked at when the wait
+    ends, as after pynetdicom's own sleep."""
     sock = getattr(provider.socket, "socket", None) if provider.socket is not None else None
     if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
         time.sleep(seconds)
         return
-    now = time.monotonic()
-    busy = now < getattr(provider, "_busy_until", 0.0)
+    bell = _bell(provider)
     try:
-        readable, _, _ = select.select([sock], [], [], _BUSY_SLEEP if busy else seconds)
+        readable, _, _ = select.select([sock, bell[0]], [], [], seconds)
     except (OSError, ValueError):  # closed meanwhile: the loop finds out itself
         time.sleep(seconds)
         return
-    if readable:
-        provider._busy_until = time.monotonic() + _BUSY_SECONDS
+    if bell[0] in readable:
+        _silence(bell[0])
+
+
+def _bell(provider: Any) -> tuple[socket.socket, socket.socket]:
+    """The provider's wake-up pair (read end, write end), made by its reactor thread on its first
+    wait and closed when the reactor ends (see _closing_bell)."""
+    bell = provider.__dict__.get("_bell")
+    if bell is None:
+        bell = socket.socketpair()
+        for end in bell:
+            end.setblocking(False)
+        provider._bell = bell
+    return bell
+
+
+def _silence(read_end: socket.socket) -> None:
+    try:
+        while read_end.recv(4096):
+            pass
+    except OSError:  # drained (BlockingIOError) or closed
+        pass
+
+
+def _ringing(send_pdu: Callable[..., None]) -> Callable[..., None]:
+    """DULServiceProvider.send_pdu that wakes the reactor waiting in _wait_for_data: a response
+    goes out as soon as it is queued, not when the reactor next looks."""
+
+    def send(self: Any, primitive: Any) -> None:
+        send_pdu(self, primitive)
+        bell = self.__dict__.get("_bell")
+        if bell is not None and threading.current_thread() is not self:
+            try:
+                bell[1].send(b"\0")
+            except OSError:  # already ringing (buffer full), or the reactor ended meanwhile
+                pass
+
+    return send
+
+
+def _closing_bell(run_reactor: Callable[..., None]) -> Callable[..., None]:
+    def run(self: Any) -> None:
+        try:
+            run_reactor(self)
+        finally:
+            bell = self.__dict__.pop("_bell", None)
+            for end in bell or ():
+                end.close()
+
+    return run
 
 
 _BATCH_BYTES = 1 << 20  # encoded PDUs handed to the upper layer at a time

@@ -189,10 +189,24 @@ def test_reactor_waits_end_as_soon_as_there_is_work() -> None:
         began = time.monotonic()
         tuning._wait_for_data(provider, 5.0)
         assert time.monotonic() - began < 2.0
-        assert provider._busy_until > time.monotonic()  # an exchange is under way
+        assert left.recv(1) == b"x"
+
+        # Our side queueing a PDU (another thread's send_pdu) ends the wait as well.
+        queued: list[object] = []
+        send_pdu = tuning._ringing(lambda self, primitive: queued.append(primitive))
+        tuning._wait_for_data(provider, 0.001)  # the first wait sets up the bell
+        threading.Timer(0.05, send_pdu, args=(provider, "P-DATA")).start()
+        began = time.monotonic()
+        tuning._wait_for_data(provider, 5.0)
+        assert time.monotonic() - began < 2.0 and queued == ["P-DATA"]
+        began = time.monotonic()
+        tuning._wait_for_data(provider, 0.2)  # the ring was answered once, not left ringing
+        assert time.monotonic() - began >= 0.15
     finally:
         left.close()
         right.close()
+        for end in getattr(provider, "_bell", ()):
+            end.close()
 
 
 def test_a_reactor_wait_never_keeps_a_message_from_its_taker() -> None:
