@@ -118,8 +118,19 @@ def _post_stow(http: httpx.Client, url: str, body: bytes) -> str:
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     if response.status_code != 200:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
+        return f"HTTP {response.status_code}: {_failure_reasons(response)}"
     return ""
+
+
+def _failure_reasons(response: httpx.Response) -> str:
+    """The FailureReason and comment of each failed instance of a STOW-RS answer, else its start."""
+    try:
+        failed = response.json().get("00081198", {}).get("Value", [])
+        reasons = [f"{item['00081197']['Value'][0]:#06x} {item.get('00091001', {}).get('Value', [''])[0]}"
+                   for item in failed]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        reasons = []
+    return "; ".join(reasons)[:600] if reasons else response.text[:300]
 
 
 def seed(url: str, bodies: Iterable[bytes], clients: int = 2) -> float:
