@@ -362,14 +362,14 @@ def test_concurrent_batches_creating_the_same_patients_in_opposite_orders(servic
         start = threading.Barrier(2)
         results: dict[str, list[Any]] = {}
 
-        def commit(name: str) -> None:
+        def commit(name: str, start: threading.Barrier, batch: list[NewInstance], results: dict[str, list[Any]]) -> None:
             start.wait()
             try:
-                results[name] = services.index.commit_instances(batches[name], "keep")
+                results[name] = services.index.commit_instances(batch, "keep")
             except Exception as exc:  # noqa: BLE001 - reported below
                 results[name] = [exc]
 
-        threads = [threading.Thread(target=commit, args=(name,)) for name in batches]
+        threads = [threading.Thread(target=commit, args=(name, start, items, results)) for name, items in batches.items()]
         for thread in threads:
             thread.start()
         for thread in threads:
