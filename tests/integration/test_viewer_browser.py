@@ -62,6 +62,11 @@ CANVAS_HAS_IMAGE = """() => {
   }
   return high - low > 30;
 }"""
+# The same test, answering with the canvas as a PNG data URL: checked and captured in one step,
+# since the viewer may replace its canvas between two separate evaluations.
+CANVAS_IMAGE = CANVAS_HAS_IMAGE.replace(
+    "return high - low > 30;", "return high - low > 30 ? canvas.toDataURL('image/png') : false;"
+)
 
 
 @dataclass
@@ -209,9 +214,8 @@ def radiologist_page(browser: Any, archive: Archive, radiologist_state: str) -> 
         context.close()
 
 
-def _canvas_pixels(page: Any) -> np.ndarray:
-    """The viewport canvas as an RGB array (a capture of the canvas itself, without overlays)."""
-    data_url = page.evaluate("() => document.querySelector('canvas.cornerstone-canvas').toDataURL('image/png')")
+def _canvas_pixels(data_url: str) -> np.ndarray:
+    """The viewport canvas (its PNG data URL) as an RGB array: the canvas itself, without overlays."""
     png = base64.b64decode(data_url.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
@@ -220,9 +224,9 @@ def _open_study(page: Any, archive: Archive, study: str) -> float:
     """Navigate to the study's viewer URL; seconds until its first image is on the canvas."""
     started = time.monotonic()
     page.goto(f"{archive.url}/viewer?StudyInstanceUIDs={study}")
-    page.wait_for_function(CANVAS_HAS_IMAGE, polling=100, timeout=IMAGE_TIMEOUT_MS)
+    captured = page.wait_for_function(CANVAS_IMAGE, polling=100, timeout=IMAGE_TIMEOUT_MS)
     elapsed = time.monotonic() - started
-    pixels = _canvas_pixels(page)
+    pixels = _canvas_pixels(captured.json_value())
     assert pixels.std() > 2 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 8, "the viewport is blank"
     return elapsed
 
