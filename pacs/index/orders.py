@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -103,9 +103,16 @@ class OrderRepository:
         """Insert an order with the next numbers of `year`, in one transaction with the counters."""
         try:
             with write_transaction(self.engine) as conn:
-                row = dict(with_name_norms(values), order_number=f"ORD-{year}-{_next_number(conn, 'ORD', year):05d}")
                 if generate_accession:
-                    row["accession_number"] = _free_accession(conn, year)
+                    # Both numbers in one statement (one round trip less per order).
+                    numbers: dict[str, int] = {kind: last for kind, last in conn.execute(_NEXT_BOTH, {"year": year})}
+                    order_number = int(numbers["ORD"])
+                    accession = _free_accession(conn, year, first=int(numbers["ACC"]))
+                else:
+                    order_number = _next_number(conn, "ORD", year)
+                row = dict(with_name_norms(values), order_number=f"ORD-{year}-{order_number:05d}")
+                if generate_accession:
+                    row["accession_number"] = accession
                 row.update(created_at=now, updated_at=now)
                 created = conn.execute(_INSERT_ORDER, row).one()
                 _record_change(conn, created.pk, None, row["status"], row["created_by"], now, "")
@@ -210,15 +217,23 @@ _UPDATE_ORDER = (
 )
 _ACCESSION_USED = select(orders.c.pk).where(orders.c.accession_number == bindparam("accession"))
 _RECORD_CHANGE = order_status_history.insert()
+# The next order and accession numbers of a year together; the rows are locked in this order
+# on PostgreSQL, as by the one-counter upsert, so concurrent orders never wait on each other in a cycle.
+_NEXT_BOTH = text(
+    "INSERT INTO order_counters (kind, year, last) VALUES ('ORD', :year, 1), ('ACC', :year, 1) "
+    "ON CONFLICT (kind, year) DO UPDATE SET last = order_counters.last + 1 RETURNING kind, last"
+)
 
 
-def _free_accession(conn: Connection, year: int) -> str:
+def _free_accession(conn: Connection, year: int, *, first: int) -> str:
     # An externally supplied accession number may already look like one of ours: skip it.
+    number = first
     while True:
-        candidate = f"ACC-{year}-{_next_number(conn, 'ACC', year):05d}"
+        candidate = f"ACC-{year}-{number:05d}"
         taken = conn.execute(_ACCESSION_USED, {"accession": candidate}).first()
         if taken is None:
             return candidate
+        number = _next_number(conn, "ACC", year)
 
 
 def _record_change(
