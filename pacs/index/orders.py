@@ -3,18 +3,18 @@ The workflow rules live in worklist.orders; this module only reads and writes.""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, bindparam, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from pacs.errors import Conflict, NotFound
 from pacs.index.accounts import as_utc
 from pacs.index.database import read_transaction, write_transaction
-from pacs.index.schema import order_counters, order_status_history, orders
+from pacs.index.schema import order_status_history, orders
 
 
 @dataclass(frozen=True)
@@ -103,16 +103,11 @@ class OrderRepository:
         """Insert an order with the next numbers of `year`, in one transaction with the counters."""
         try:
             with write_transaction(self.engine) as conn:
+                kinds = ("ORD", "ACC") if generate_accession else ("ORD",)
+                numbers = _next_numbers(conn, kinds, year)  # both in one statement: a round trip less
+                row = dict(with_name_norms(values), order_number=f"ORD-{year}-{numbers['ORD']:05d}")
                 if generate_accession:
-                    # Both numbers in one statement (one round trip less per order).
-                    numbers: dict[str, int] = {kind: last for kind, last in conn.execute(_NEXT_BOTH, {"year": year})}
-                    order_number = int(numbers["ORD"])
-                    accession = _free_accession(conn, year, first=int(numbers["ACC"]))
-                else:
-                    order_number = _next_number(conn, "ORD", year)
-                row = dict(with_name_norms(values), order_number=f"ORD-{year}-{order_number:05d}")
-                if generate_accession:
-                    row["accession_number"] = accession
+                    row["accession_number"] = _free_accession(conn, year, first=numbers["ACC"])
                 row.update(created_at=now, updated_at=now)
                 created = conn.execute(_INSERT_ORDER, row).one()
                 _record_change(conn, created.pk, None, row["status"], row["created_by"], now, "")
@@ -191,24 +186,25 @@ def with_name_norms(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, **extra}
 
 
-def _next_number(conn: Connection, kind: str, year: int) -> int:
-    """The next number of (kind, year). The upsert takes the counter row's lock until commit
-    on PostgreSQL (SQLite's write transactions are serialised anyway), so no two share one."""
-    return int(conn.execute(_NEXT_NUMBER[conn.dialect.name == "postgresql"], {"kind": kind, "year": year}).scalar_one())
+def _next_numbers(conn: Connection, kinds: tuple[str, ...], year: int) -> dict[str, int]:
+    """The next number of each kind in `year`. The upsert takes the counter rows' locks until
+    commit on PostgreSQL, always in the order of `kinds` (SQLite's write transactions are
+    serialised anyway), so no two orders share a number and none wait on each other in a cycle."""
+    return {kind: int(last) for kind, last in conn.execute(_counter_upsert(kinds), {"year": year})}
 
 
-def _counter_upsert(dialect: Any) -> Any:
-    stmt = dialect.insert(order_counters).values(kind=bindparam("kind"), year=bindparam("year"), last=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[order_counters.c.kind, order_counters.c.year],
-        set_={"last": order_counters.c.last + 1},
+@functools.cache
+def _counter_upsert(kinds: tuple[str, ...]) -> Any:
+    # The same text on SQLite and PostgreSQL; the kinds are our own constants.
+    rows = ", ".join(f"('{kind}', :year, 1)" for kind in kinds)
+    return text(
+        f"INSERT INTO order_counters (kind, year, last) VALUES {rows} "
+        "ON CONFLICT (kind, year) DO UPDATE SET last = order_counters.last + 1 RETURNING kind, last"
     )
-    return stmt.returning(order_counters.c.last)
 
 
 # Statements built once: SQLAlchemy then reuses their compiled form (building one per call, with
 # the order's forty values inlined, cost more than the database work of an order).
-_NEXT_NUMBER = {False: _counter_upsert(sqlite), True: _counter_upsert(postgresql)}
 _INSERT_ORDER = orders.insert().returning(*orders.c)
 _UPDATE_ORDER = (
     update(orders)
@@ -217,12 +213,6 @@ _UPDATE_ORDER = (
 )
 _ACCESSION_USED = select(orders.c.pk).where(orders.c.accession_number == bindparam("accession"))
 _RECORD_CHANGE = order_status_history.insert()
-# The next order and accession numbers of a year together; the rows are locked in this order
-# on PostgreSQL, as by the one-counter upsert, so concurrent orders never wait on each other in a cycle.
-_NEXT_BOTH = text(
-    "INSERT INTO order_counters (kind, year, last) VALUES ('ORD', :year, 1), ('ACC', :year, 1) "
-    "ON CONFLICT (kind, year) DO UPDATE SET last = order_counters.last + 1 RETURNING kind, last"
-)
 
 
 def _free_accession(conn: Connection, year: int, *, first: int) -> str:
@@ -233,7 +223,7 @@ def _free_accession(conn: Connection, year: int, *, first: int) -> str:
         taken = conn.execute(_ACCESSION_USED, {"accession": candidate}).first()
         if taken is None:
             return candidate
-        number = _next_number(conn, "ACC", year)
+        number = _next_numbers(conn, ("ACC",), year)["ACC"]
 
 
 def _record_change(
