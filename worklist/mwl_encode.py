@@ -14,7 +14,7 @@ import struct
 
 from pydicom.charset import convert_encodings
 
-from pacs.dicom.encoded import EncodedDataset, element_header
+from pacs.dicom.encoded import EncodedDataset, element_header, padded_text
 from worklist.mwl_answer import CHARACTER_SET, AnswerKey, Values, dicom_text, expanded_keys
 
 _ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
@@ -23,7 +23,7 @@ _ENCODINGS = convert_encodings(CHARACTER_SET)
 
 def encoded_answer(plan: tuple[AnswerKey, ...], values: Values, *, implicit: bool) -> EncodedDataset:
     """The response identifier, encoded Little Endian (`implicit` VR or not)."""
-    elements = [(0x00080005, "CS", _text_bytes("CS", CHARACTER_SET))]
+    elements = [(0x00080005, "CS", padded_text("CS", CHARACTER_SET))]
     elements += [(key.tag, key.vr, _value(key, values.get(key.keyword), implicit)) for key in plan]
     return EncodedDataset(elements, implicit=implicit, character_set=_ENCODINGS)
 
@@ -31,7 +31,7 @@ def encoded_answer(plan: tuple[AnswerKey, ...], values: Values, *, implicit: boo
 def _value(key: AnswerKey, value: object, implicit: bool) -> bytes:
     if key.vr != "SQ":
         text = dicom_text(key.vr, value)
-        return b"" if text is None else _text_bytes(key.vr, text)
+        return b"" if text is None else padded_text(key.vr, text)
     items = []
     for item in value if isinstance(value, list) else []:
         body = _item_body(key.items if key.items is not None else expanded_keys(item), item, implicit)
@@ -46,11 +46,3 @@ def _item_body(plan: tuple[AnswerKey, ...], item: Values, implicit: bool) -> byt
         value = _value(key, item.get(key.keyword), implicit)
         parts.append(element_header(key.tag, key.vr, len(value), implicit) + value)
     return b"".join(parts)
-
-
-def _text_bytes(vr: str, text: str) -> bytes:
-    """UTF-8 (ISO_IR 192), padded to an even length: UIDs with NUL, text with a space (PS3.5 6.2)."""
-    data = text.encode("utf-8")
-    if len(data) % 2:
-        data += b"\x00" if vr == "UI" else b" "
-    return data

@@ -37,3 +37,11 @@ def element_header(tag: int, vr: str, length: int, implicit: bool) -> bytes:
     if vr in LONG_VRS:
         return struct.pack("<HH2sxxI", group, element, vr.encode(), length)
     return struct.pack("<HH2sH", group, element, vr.encode(), length)
+
+
+def padded_text(vr: str, text: str) -> bytes:
+    """UTF-8 (ISO_IR 192), padded to an even length: UIDs with NUL, text with a space (PS3.5 6.2)."""
+    data = text.encode("utf-8")
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    return data

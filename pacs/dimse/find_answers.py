@@ -18,7 +18,7 @@ from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 
 from pacs.dicom.attributes import BY_TAG, Level
-from pacs.dicom.encoded import EncodedDataset
+from pacs.dicom.encoded import EncodedDataset, padded_text
 from pacs.dimse.identifiers import (
     INSTANCE_AVAILABILITY,
     LEVEL_NAMES,
@@ -61,7 +61,7 @@ def encoded_answer(
     plan: list[tuple[int, str]], row: dict[str, Any], level: Level, ae_title: str, *, implicit: bool
 ) -> EncodedDataset | None:
     """The answer for ``row``, or None for a value this does not encode."""
-    elements = [(SPECIFIC_CHARACTER_SET, "CS", _text(CHARACTER_SET, "CS"))]
+    elements = [(SPECIFIC_CHARACTER_SET, "CS", padded_text("CS", CHARACTER_SET))]
     for tag, vr in plan:
         if tag == QUERY_RETRIEVE_LEVEL:
             value: Any = LEVEL_NAMES[level]
@@ -93,14 +93,7 @@ def _value(vr: str, value: Any) -> bytes | None:
     if vr in _NUMBER_STRINGS:
         if not isinstance(value, int) or isinstance(value, bool):
             return None
-        return _text(str(value), vr)
+        return padded_text(vr, str(value))
     if not isinstance(value, str) or (vr not in _CHARACTER_SET_VRS and not value.isascii()):
         return None
-    return _text(value, vr)
-
-
-def _text(text: str, vr: str) -> bytes:
-    data = text.encode("utf-8")
-    if len(data) % 2:
-        data += b"\x00" if vr == "UI" else b" "
-    return data
+    return padded_text(vr, value)
