@@ -27,6 +27,7 @@ from benchmarks.servers import (
     orthanc_available,
     orthanc_version,
     postgres_available,
+    removal_at_end,
     running_minipacs,
     running_orthanc,
     temp_folder,
@@ -128,6 +129,7 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
     raw: list[dict[str, Any]] = []
     failed = 0
     with ExitStack() as stack:
+        stack.enter_context(removal_at_end())
         files = stack.enter_context(temp_folder("bench-cstore-")) if options.dimse else None
         pixels = stack.enter_context(temp_folder("bench-pixels-")) if options.render else None
         data = prepare(options, files, pixels)
