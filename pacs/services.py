@@ -83,7 +83,6 @@ class Services:
         retrieve = RetrieveService(index, blobs)
         orders = OrderService(
             OrderRepository(engine), reference=ReferenceData(ReferenceRepository(engine)),
-            provider_users=account_repository.provider_username,
         )
         zone = dicom_zone(settings.dicom_timezone)
         reconciler = Reconciler(

@@ -180,13 +180,10 @@ class OrderService:
         repository: OrderRepository,
         clock: Callable[[], datetime] = utcnow,
         reference: ReferenceData | None = None,
-        provider_users: Callable[[str], str | None] = lambda name: None,
     ) -> None:
         self.repository = repository
         self.clock = clock
         self.reference = reference
-        # The provider account whose link is this normalised name, if any.
-        self.provider_users = provider_users
 
     def create(
         self, body: Mapping[str, Any], *, created_by: str, workitem_uid: str | None = None,
@@ -199,12 +196,9 @@ class OrderService:
             if not values.get(required):
                 raise InvalidInput(f"{required} is required")
         self._check_reference(values)
-        self._link_provider(values)
         values["priority"] = values.get("priority") or "ROUTINE"
         values["issuer_of_patient_id"] = values.get("issuer_of_patient_id") or ""
-        external = bool(values.get("accession_number"))
-        if external and self._accession_taken(values["accession_number"]):
-            raise Conflict(f"accession number {values['accession_number']} is already used by another order")
+        external = bool(values.get("accession_number"))  # a number already used is refused by the insert
         now = self.clock()
         values.update(
             status=OrderStatus.ORDERED.value,
@@ -216,18 +210,6 @@ class OrderService:
     def _check_reference(self, values: Mapping[str, Any]) -> None:
         if self.reference is not None:
             self.reference.check(values.get("modality"), values.get("body_part"))
-
-    def _link_provider(self, values: dict[str, Any]) -> None:
-        if "ordering_provider_norm" in values:
-            norm = values["ordering_provider_norm"]
-            values["ordering_provider_user"] = self.provider_users(norm) if norm else None
-
-    def _accession_taken(self, accession_number: str) -> bool:
-        try:
-            self.repository.by_accession(accession_number)
-        except NotFound:
-            return False
-        return True
 
     def get(self, pk: int, *, referred_by: str | None = None) -> Order:
         return _visible(self.repository.get(pk), referred_by, str(pk))
@@ -257,7 +239,6 @@ class OrderService:
         if not values:
             return order
         self._check_reference({"modality": order.modality, "body_part": order.body_part, **values})
-        self._link_provider(values)
         return self.repository.update(pk, values, expected_status=order.status, now=self.clock())
 
     def change_status(

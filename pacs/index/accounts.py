@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, delete, func, select, update
+from sqlalchemy import Engine, Select, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pacs.errors import Conflict, NotFound
@@ -82,11 +83,6 @@ class AccountRepository:
         with read_transaction(self.engine) as conn:
             row = conn.execute(select(users).where(users.c.username == username)).first()
         return _user(row) if row is not None else None
-
-    def provider_username(self, provider_name: str) -> str | None:
-        """The enabled provider account linked to this normalised person name, if any."""
-        with read_transaction(self.engine) as conn:
-            return conn.execute(_PROVIDER_ACCOUNT, {"provider_name": provider_name}).scalar()
 
     def user(self, username: str) -> User:
         found = self.find_user(username)
@@ -190,12 +186,15 @@ class AccountRepository:
             conn.execute(delete(login_failures).where(login_failures.c.subject == subject))
 
 
-_PROVIDER_ACCOUNT = (
-    select(users.c.username)
-    .where(users.c.role == "provider", users.c.provider_name == bindparam("provider_name"), users.c.disabled.is_(False))
-    .order_by(users.c.username)
-    .limit(1)
-)
+def provider_account(provider_name: Any) -> Select[Any]:
+    """The enabled provider account linked to a normalised person name (the first by username);
+    also used inside the order insert, so a new order is linked without a query of its own."""
+    return (
+        select(users.c.username)
+        .where(users.c.role == "provider", users.c.provider_name == provider_name, users.c.disabled.is_(False))
+        .order_by(users.c.username)
+        .limit(1)
+    )
 
 
 def _user(row: object) -> User:

@@ -2,10 +2,11 @@
 claims that make a message apply once (hl7_applied, keyed by sending application, sending
 facility and message control ID).
 
-A message is claimed, applied and answered in one transaction (a unit of work, see
-pacs.index.database), so a claim always holds the answer that was sent. The primary key lets one
-transaction win when two connections send the same control ID at once: PostgreSQL makes the
-second INSERT wait until the first transaction ends, SQLite takes one write lock at a time.
+A message is applied, then logged and claimed with its answer, in one transaction (a unit of
+work, see pacs.index.database), so a claim always holds the answer that was sent. The primary key
+lets one transaction win when two connections send the same control ID at once: PostgreSQL makes
+the second INSERT wait until the first transaction ends, SQLite takes one write lock at a time;
+the loser rolls back what it applied.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, Select, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.errors import NotFound
@@ -22,7 +23,6 @@ from pacs.index.accounts import as_utc
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import hl7_applied, hl7_messages
 
-PENDING = ""  # the answer of a claim inside the transaction that applies its message
 _LIMITS = {"peer": 64, "control_id": 64, "sending_application": 227, "sending_facility": 227, "message_type": 16}
 
 
@@ -90,29 +90,23 @@ class Hl7Log:
         with write_transaction(self.engine) as conn:
             return _insert(conn, received, ack_code, outcome, duplicate, order_pk)
 
-    def claim(self, received: Received, key: Key, *, ack_code: str = PENDING, outcome: str = ""
+    def claim(self, received: Received, key: Key, *, ack_code: str, outcome: str, order_pk: int | None = None
               ) -> tuple[int, Claim | None]:
-        """Log the message and claim its key: (its log pk, None) when it is the first with that
-        key, else (its log pk, the first one's claim); the latter is logged as a duplicate."""
+        """Log the message with its answer and claim its key: (its log pk, None) when it is the
+        first with that key; else (its log pk, the first one's claim), and it is logged as a
+        repeat given the first one's answer. Inside a unit of work that applied the message, the
+        caller rolls back on a repeat (and logs it again with `record`)."""
         with write_transaction(self.engine) as conn:
-            pk = _insert(conn, received, ack_code, outcome, False, None)
+            pk = _insert(conn, received, ack_code, outcome, False, order_pk)
             claim = {"sending_application": key[0], "sending_facility": key[1], "control_id": key[2],
                      "message_pk": pk, "ack_code": ack_code, "outcome": storable(outcome)}
             if conn.execute(_CLAIM[conn.dialect.name == "postgresql"], claim).first() is not None:
                 return pk, None
-            conn.execute(_MARK_DUPLICATE, {"message": pk})
             first = _claim(conn, key)
             assert first is not None  # the conflict was with it
+            conn.execute(_ANSWER_REPEAT, {"message": pk, "answer": first.ack_code,
+                                          "what": storable(repeat_outcome(first))})
             return pk, first
-
-    def finish(self, pk: int, *, ack_code: str, outcome: str, order_pk: int | None = None,
-               key: Key | None = None) -> None:
-        """Record a message's answer, and on its claim (`key`), as the answer to repeats."""
-        answer = {"message": pk, "answer": ack_code, "what": storable(outcome), "order": order_pk}
-        with write_transaction(self.engine) as conn:
-            conn.execute(_ANSWER_MESSAGE, answer)
-            if key is not None:
-                conn.execute(_ANSWER_CLAIM, {**answer, "application": key[0], "facility": key[1], "control": key[2]})
 
     def search(self, where: MessageFilter) -> list[LoggedMessage]:
         stmt = _filtered(select(*_LISTED, self._size()), where)
@@ -144,18 +138,9 @@ _CLAIM = {
     postgres: dialect.insert(hl7_applied).on_conflict_do_nothing().returning(hl7_applied.c.message_pk)
     for postgres, dialect in ((True, postgresql), (False, sqlite))
 }
-_MARK_DUPLICATE = update(hl7_messages).where(hl7_messages.c.pk == bindparam("message")).values(duplicate=True)
-_ANSWER_MESSAGE = (
+_ANSWER_REPEAT = (
     update(hl7_messages).where(hl7_messages.c.pk == bindparam("message"))
-    .values(ack_code=bindparam("answer"), outcome=bindparam("what"),
-            order_pk=func.coalesce(bindparam("order", type_=Integer), hl7_messages.c.order_pk))
-)
-_ANSWER_CLAIM = (
-    update(hl7_applied)
-    .where(hl7_applied.c.sending_application == bindparam("application"),
-           hl7_applied.c.sending_facility == bindparam("facility"),
-           hl7_applied.c.control_id == bindparam("control"), hl7_applied.c.message_pk == bindparam("message"))
-    .values(ack_code=bindparam("answer"), outcome=bindparam("what"))
+    .values(duplicate=True, ack_code=bindparam("answer"), outcome=bindparam("what"))
 )
 
 
@@ -169,6 +154,11 @@ def _insert(conn: Connection, received: Received, ack_code: str, outcome: str, d
         text = getattr(received, name)
         values[name] = storable(text)[:limit] if text is not None else None
     return int(conn.execute(_INSERT_MESSAGE, values).scalar_one())
+
+
+def repeat_outcome(first: Claim) -> str:
+    """What the log says of a message whose control ID was claimed before."""
+    return f"repeat of message #{first.message_pk}, not applied again: {first.outcome}"
 
 
 def storable(text: str) -> str:

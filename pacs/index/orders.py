@@ -9,10 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, bindparam, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from pacs.errors import Conflict, NotFound
-from pacs.index.accounts import as_utc
+from pacs.index.accounts import as_utc, provider_account
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import order_status_history, orders
 
@@ -100,20 +101,32 @@ class OrderRepository:
         self.engine = engine
 
     def create(self, values: dict[str, Any], *, year: int, generate_accession: bool, now: datetime) -> Order:
-        """Insert an order with the next numbers of `year`, in one transaction with the counters."""
+        """Insert an order with the next numbers of `year`, in one transaction with the counters.
+        An accession number already used (given by the caller: Conflict; generated: an external
+        number shaped like ours, skipped) is found by the insert itself, not by a query first."""
         try:
-            with write_transaction(self.engine) as conn:
-                kinds = ("ORD", "ACC") if generate_accession else ("ORD",)
-                numbers = _next_numbers(conn, kinds, year)  # both in one statement: a round trip less
-                row = dict(with_name_norms(values), order_number=f"ORD-{year}-{numbers['ORD']:05d}")
-                if generate_accession:
-                    row["accession_number"] = _free_accession(conn, year, first=numbers["ACC"])
-                row.update(created_at=now, updated_at=now)
-                created = conn.execute(_INSERT_ORDER, row).one()
-                _record_change(conn, created.pk, None, row["status"], row["created_by"], now, "")
-                return _order(created)
-        except IntegrityError:
-            raise Conflict(f"accession number {values.get('accession_number')} is already used by another order") from None
+            return self._insert(values, year=year, generate_accession=generate_accession, now=now)
+        except IntegrityError:  # another unique value (a workitem UID) taken meanwhile
+            raise Conflict("the order carries a number or UID another order took meanwhile; try again") from None
+
+    def _insert(self, values: dict[str, Any], *, year: int, generate_accession: bool, now: datetime) -> Order:
+        with write_transaction(self.engine) as conn:
+            kinds = ("ORD", "ACC") if generate_accession else ("ORD",)
+            numbers = _next_numbers(conn, kinds, year)  # both in one statement: a round trip less
+            row = dict(with_name_norms(values), order_number=f"ORD-{year}-{numbers['ORD']:05d}",
+                       created_at=now, updated_at=now, link_provider=values.get("ordering_provider_norm"))
+            accession = numbers.get("ACC")
+            while True:
+                if accession is not None:
+                    row["accession_number"] = f"ACC-{year}-{accession:05d}"
+                created = conn.execute(_INSERT_ORDER[conn.dialect.name == "postgresql"], row).first()
+                if created is not None:
+                    break
+                if accession is None:
+                    raise Conflict(f"accession number {row['accession_number']} is already used by another order")
+                accession = _next_numbers(conn, ("ACC",), year)["ACC"]
+            _record_change(conn, created.pk, None, row["status"], row["created_by"], now, "")
+            return _order(created)
 
     def by_workitem(self, workitem_uid: str) -> Order:
         return self._one(orders.c.workitem_uid == workitem_uid, f"no workitem {workitem_uid}")
@@ -144,7 +157,7 @@ class OrderRepository:
         """Change fields, unless the order left `expected_status` meanwhile."""
         with write_transaction(self.engine) as conn:
             params = {**with_name_norms(values), "updated_at": now, "where_pk": pk, "where_status": expected_status}
-            changed = conn.execute(_UPDATE_ORDER, params).first()
+            changed = conn.execute(*_update(params)).first()
             if changed is None:
                 raise Conflict(f"order {pk} changed meanwhile; reload it and try again")
             return _order(changed)
@@ -157,7 +170,7 @@ class OrderRepository:
         with write_transaction(self.engine) as conn:
             params = {**with_name_norms(values or {}), "status": to_status, "updated_at": now, "where_pk": pk,
                       "where_status": from_status}
-            changed = conn.execute(_UPDATE_ORDER, params).first()
+            changed = conn.execute(*_update(params)).first()
             if changed is None:
                 raise Conflict(f"order {pk} is no longer {from_status}; reload it and try again")
             _record_change(conn, pk, from_status, to_status, changed_by, now, reason)
@@ -205,25 +218,33 @@ def _counter_upsert(kinds: tuple[str, ...]) -> Any:
 
 # Statements built once: SQLAlchemy then reuses their compiled form (building one per call, with
 # the order's forty values inlined, cost more than the database work of an order).
-_INSERT_ORDER = orders.insert().returning(*orders.c)
+# An accession number already used inserts nothing (and returns no row) instead of failing the
+# transaction, which PostgreSQL could then only continue from a savepoint. The ordering
+# provider's account, if one is linked to that name, is looked up by the insert itself.
+_INSERT_ORDER = {
+    postgres: dialect.insert(orders)
+    .values(ordering_provider_user=provider_account(bindparam("link_provider")).scalar_subquery())
+    .on_conflict_do_nothing(index_elements=[orders.c.accession_number])
+    .returning(*orders.c)
+    for postgres, dialect in ((True, postgresql), (False, sqlite))
+}
 _UPDATE_ORDER = (
     update(orders)
     .where(orders.c.pk == bindparam("where_pk"), orders.c.status == bindparam("where_status"))
     .returning(*orders.c)
 )
-_ACCESSION_USED = select(orders.c.pk).where(orders.c.accession_number == bindparam("accession"))
+# The same, when the ordering provider changes: its account link is looked up again.
+_UPDATE_ORDER_RELINKING = _UPDATE_ORDER.values(
+    ordering_provider_user=provider_account(bindparam("link_provider")).scalar_subquery()
+)
 _RECORD_CHANGE = order_status_history.insert()
 
 
-def _free_accession(conn: Connection, year: int, *, first: int) -> str:
-    # An externally supplied accession number may already look like one of ours: skip it.
-    number = first
-    while True:
-        candidate = f"ACC-{year}-{number:05d}"
-        taken = conn.execute(_ACCESSION_USED, {"accession": candidate}).first()
-        if taken is None:
-            return candidate
-        number = _next_numbers(conn, ("ACC",), year)["ACC"]
+def _update(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The update statement for these values, and its parameters."""
+    if "ordering_provider_norm" not in params:
+        return _UPDATE_ORDER, params
+    return _UPDATE_ORDER_RELINKING, {**params, "link_provider": params["ordering_provider_norm"]}
 
 
 def _record_change(

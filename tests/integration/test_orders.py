@@ -134,6 +134,20 @@ def test_external_accession_kept_and_duplicates_refused(api: Api) -> None:
     assert api.create()["accession_number"] == f"ACC-{year}-00002"
 
 
+def test_the_ordering_providers_account_is_linked_when_the_order_is_made_and_changed(api: Api) -> None:
+    orders = api.services.orders
+    made = api.create(ordering_provider="Doc^Own")  # the "provider" account's linked name
+    assert orders.get(made["id"]).ordering_provider_user == "provider"
+    assert orders.update(made["id"], {"ordering_provider": "OTHER^DOC"}).ordering_provider_user == "other"
+    assert orders.update(made["id"], {"ordering_provider": "Nobody^Known"}).ordering_provider_user is None
+    # Other changes keep the link; a disabled account is not linked.
+    relinked = orders.update(made["id"], {"ordering_provider": "Other^Doc"})
+    assert orders.update(relinked.pk, {"priority": "STAT"}).ordering_provider_user == "other"
+    api.services.accounts.set_disabled("other", True)
+    assert orders.get(api.create(ordering_provider="Other^Doc")["id"]).ordering_provider_user is None
+    assert orders.get(api.create()["id"]).ordering_provider_user is None
+
+
 LEGAL = [
     ["SCHEDULED", "IN_PROGRESS", "COMPLETED", "REPORTED"],
     ["CANCELLED"],

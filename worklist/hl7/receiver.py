@@ -1,6 +1,6 @@
-"""From an MLLP block to its acknowledgement: read the header, then log, claim (sending
-application, facility, control ID), apply and record the answer in one transaction, answer,
-audit. A repeat gets the first answer again; a refused message is claimed with its AE.
+"""From an MLLP block to its acknowledgement: read the header, then apply, log and claim
+(sending application, facility, control ID) with the answer in one transaction, answer, audit.
+A repeat gets the first answer again; a refused message is claimed with its AE.
 
 Every block that arrives is kept in the message log with its answer, even one that cannot be
 read; when the database itself is down nothing can be kept, and the answer is AR so the sender
@@ -18,7 +18,7 @@ from pacs.audit.trail import Action, AuditEvent, AuditTrail, Outcome
 from pacs.errors import InvalidMessage, PacsError, Unavailable
 from pacs.index.accounts import utcnow
 from pacs.index.database import unit_of_work
-from pacs.index.hl7_log import Claim, Hl7Log, Key, Received
+from pacs.index.hl7_log import Claim, Hl7Log, Key, Received, repeat_outcome
 from worklist.hl7.ack import ACCEPT, Answer, answer_for, build_ack, internal_error
 from worklist.hl7.intake import Applied, Hl7Intake
 from worklist.hl7.messages import CHARACTER_SETS, Header, Hl7Message, parse_message, read_header
@@ -86,18 +86,22 @@ class Hl7Receiver:
             return None
 
     def _apply_once(self, received: Received, message: Hl7Message) -> bytes:
-        """Claim, apply and answer in one transaction: applied with its answer kept, or not at all."""
+        """Apply, then log and claim with the answer, in one transaction: applied with its answer
+        kept, or not at all. The claim comes last so a message costs two statements of its own;
+        a repeat (rare: a sender that lost our ACK) is found there and its changes rolled back."""
         header = message.header
         key: Key = (header.sending_application, header.sending_facility, header.control_id)
         actor = "hl7:" + (header.sending_application.split(header.component_separator)[0] or "?")
         try:
             with unit_of_work(self.messages.engine):
-                pk, first = self.messages.claim(received, key)
-                if first is not None:
-                    return self._repeat(pk, first, header)
                 applied = self.intake.apply(message, actor)
                 order_pk = applied.orders[0].pk if applied.orders else None
-                self.messages.finish(pk, ack_code=ACCEPT, outcome=applied.outcome, order_pk=order_pk, key=key)
+                pk, first = self.messages.claim(received, key, ack_code=ACCEPT, outcome=applied.outcome,
+                                                order_pk=order_pk)
+                if first is not None:
+                    raise _Repeat(first)
+        except _Repeat as repeat:
+            return self._repeat(received, repeat.first, header)
         except Unavailable as exc:
             # Nothing was applied or claimed: the sender keeps the message and sends it again.
             log.error("HL7 %s from %s: AR, the database is unavailable", header.control_id, received.peer)
@@ -122,24 +126,29 @@ class Hl7Receiver:
         header = message.header
         try:
             pk, first = self.messages.claim(received, key, ack_code=answer.code, outcome=answer.text)
-            if first is not None:  # a copy on another connection was applied meanwhile
-                return self._repeat(pk, first, header)
         except Unavailable:
             log.error("HL7 %s from %s: %s, but it could not be logged", header.control_id, received.peer, answer.code)
             return build_ack(header, answer)
+        if first is not None:  # claimed before: refused now only because it was applied then
+            return self._answer_repeat(first, header)
         self._audit(message, received, actor, Outcome.FAILURE, None, answer.text)
         log.info("HL7 %s %s from %s: %s (log #%d)", header.message_type, header.control_id, received.peer,
                  answer.code, pk)
         return build_ack(header, answer)
 
-    def _repeat(self, pk: int, first: Claim, header: Header) -> bytes:
-        """A control ID seen before: the first answer again, nothing applied."""
-        answer = Answer(first.ack_code, first.outcome)
-        outcome = f"repeat of message #{first.message_pk}, not applied again: {first.outcome}"
-        self.messages.finish(pk, ack_code=answer.code, outcome=outcome)
+    def _repeat(self, received: Received, first: Claim, header: Header) -> bytes:
+        """A control ID seen before: what it changed was rolled back; logged as a repeat."""
+        try:
+            self.messages.record(received, ack_code=first.ack_code, outcome=repeat_outcome(first), duplicate=True)
+        except Unavailable:
+            log.error("HL7 %s from %s: a repeat that could not be logged", header.control_id, received.peer)
+        return self._answer_repeat(first, header)
+
+    def _answer_repeat(self, first: Claim, header: Header) -> bytes:
+        """The first answer again."""
         log.info("HL7 %s %s: repeat of log #%d, %s", header.message_type, header.control_id, first.message_pk,
-                 answer.code)
-        return build_ack(header, answer)
+                 first.ack_code)
+        return build_ack(header, Answer(first.ack_code, first.outcome))
 
     def _audit(self, message: Hl7Message, received: Received, actor: str, outcome: str, applied: Applied | None,
                reason: str) -> None:
@@ -155,6 +164,14 @@ class Hl7Receiver:
             None, "hl7", Action.ORDER, outcome, actor=actor, source=received.peer.rsplit(":", 1)[0],
             patient_id=applied.patient_id if applied is not None else None, detail=detail,
         ))
+
+
+class _Repeat(Exception):
+    """Raised inside the unit of work to roll back a message whose control ID was claimed before."""
+
+    def __init__(self, first: Claim) -> None:
+        super().__init__(first.message_pk)
+        self.first = first
 
 
 def _received(received_at: datetime, peer: str, payload: bytes, header: Header, raw: str | None = None) -> Received:
