@@ -37,8 +37,18 @@ def run_query(conn: Connection, query: Query) -> list[Row]:
 def compile_query(query: Query) -> Select:
     base = TABLES[query.level]
     stmt = _level_select(query.level)
+    on_patients = [c for c in query.conditions if c.attribute.level == Level.PATIENT] if query.level > Level.PATIENT else []
+    if not any(_scans(c) for c in on_patients):
+        on_patients = []  # an exact patient match is found by index either way
     for condition in query.conditions:
-        stmt = stmt.where(condition_sql(condition))
+        if condition not in on_patients:
+            stmt = stmt.where(condition_sql(condition))
+    if on_patients:
+        # A wildcard or range on patients, as the set of matching patients: planners then scan the
+        # patients and find their studies by index. Joined, SQLite walked every study in key order
+        # (for the ORDER BY) testing its patient: 5 ms instead of 1 for a name wildcard at 10,000.
+        matching = select(patients.c.pk).where(*map(condition_sql, on_patients)).correlate(None)
+        stmt = stmt.where(studies.c.patient_pk.in_(matching))
     if query.referred_by is not None:
         stmt = stmt.where(visible_studies(query.level, query.referred_by))
     stmt = stmt.order_by(base.c.pk).offset(query.offset)
@@ -91,6 +101,11 @@ def referred_by(provider: str) -> ColumnElement[bool]:
         .where(orders.c.ordering_provider_norm == provider, study_order_links.c.state == "LINKED")
     )
     return studies.c.study_instance_uid.in_(linked)
+
+
+def _scans(condition: Condition) -> bool:
+    """A condition no index answers: a wildcard, a range, a fuzzy name."""
+    return condition.kind in (MatchKind.WILDCARD, MatchKind.RANGE) or condition.fuzzy
 
 
 def visible_studies(level: Level, provider: str) -> ColumnElement[bool]:
