@@ -91,26 +91,87 @@ def apply() -> bool:
     dul_module.time = _ReactorClock(dul_module.time)  # type: ignore[assignment]
     dul_module.DULServiceProvider.send_pdu = _ringing(dul_module.DULServiceProvider.send_pdu)  # type: ignore[method-assign]
     dul_module.DULServiceProvider.run_reactor = _closing_bell(dul_module.DULServiceProvider.run_reactor)  # type: ignore[method-assign]
-    association.Association.send_c_store = _pausing_first(association.Association.send_c_store)  # type: ignore[method-assign]
+    association.Association.__init__ = _with_checkpoint(association.Association.__init__)  # type: ignore[method-assign]
+    association.Association._is_paused = property(_get_paused, _set_paused)  # type: ignore[assignment]
     _applied = True
     return True
 
 
-def _pausing_first(send_c_store: Callable[..., Any]) -> Callable[..., Any]:
-    """send_c_store from another thread pauses the association's reactor by clearing its
-    checkpoint and waiting until the reactor says it is paused; a flag left set by the
-    reactor's previous pause makes it go on at once, while the reactor runs on and may take the
-    response for itself (C-MOVE sub-operations then fail on the DIMSE timeout). Clearing the
-    flag first makes the wait see the reactor's next pause. In the reactor's own thread (C-GET)
-    the flag is the reactor's, set around the service it is running, and stays as it is."""
+class _Checkpoint:
+    """The association reactor's pause point (pynetdicom's ``_reactor_checkpoint`` Event), which
+    also knows whether the reactor is parked at it.
 
-    def send(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not self:
-            self._reactor_checkpoint.clear()
-            self._is_paused = False
-        return send_c_store(self, *args, **kwargs)
+    A thread about to send a request clears the checkpoint, then waits for ``_is_paused`` so the
+    reactor cannot take the response for itself. pynetdicom's flag is set by the reactor on its
+    way to the checkpoint and reset on its way out, so it can be seen set while the reactor
+    already runs on: it then served the response as an unexpected message and the request
+    waited out the DIMSE timeout (seen with C-FIND, and with C-STORE sub-operations of C-MOVE).
+    Here the reactor parks under a lock, and a sender is told it is paused only once the reactor
+    is parked at a closed checkpoint, where it stays until ``set``."""
 
-    return send
+    def __init__(self, nudge: Callable[[], None]) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._open = True
+        self._parked = False
+        self._nudge = nudge  # wakes the reactor from its idle wait, to reach the checkpoint now
+
+    def set(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._open = False
+        self._nudge()
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            if self._open:
+                return True
+            self._parked = True
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._open, timeout)
+            finally:
+                self._parked = False
+
+    def holds_reactor(self, timeout: float) -> bool:
+        """True once the reactor is parked at the closed checkpoint (waiting up to ``timeout``)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._open or self._parked, timeout) and not self._open
+
+
+def _with_checkpoint(init: Callable[..., None]) -> Callable[..., None]:
+    def install(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._reactor_checkpoint = _Checkpoint(lambda: _nudge(self))
+
+    return install
+
+
+def _nudge(assoc: Any) -> None:
+    dimse_provider = getattr(assoc, "dimse", None)
+    waiting = getattr(dimse_provider, "msg_queue", None)
+    if waiting is not None:
+        with waiting.not_empty:
+            waiting.not_empty.notify_all()
+
+
+def _get_paused(self: Any) -> bool:
+    # The reactor's own thread (running a service that sends, as C-GET does) reads its flag.
+    if threading.current_thread() is self or not isinstance(self._reactor_checkpoint, _Checkpoint):
+        return bool(self.__dict__.get("_paused_flag", False))
+    if self._kill or not self.is_alive():
+        return True
+    return self._reactor_checkpoint.holds_reactor(0.005)
+
+
+def _set_paused(self: Any, value: bool) -> None:
+    self.__dict__["_paused_flag"] = value
 
 
 _REACTOR_SLEEP = 0.001  # what pynetdicom's loops sleep when idle

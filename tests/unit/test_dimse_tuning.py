@@ -233,3 +233,45 @@ def test_a_reactor_wait_never_keeps_a_message_from_its_taker() -> None:
         taker.join()
         assert got == ["response"] and time.monotonic() - began < 2.0
         reactor.join()
+
+
+def test_a_sender_is_told_the_reactor_paused_only_once_it_is_parked() -> None:
+    """A reactor that went through the open checkpoint just before a sender closed it runs on,
+    and may take the sender's response for itself: the sender must wait for it to come back
+    and park (pynetdicom's own flag said "paused" as soon as the reactor reached the checkpoint)."""
+    nudged: list[bool] = []
+    checkpoint = tuning._Checkpoint(lambda: nudged.append(True))
+    assert checkpoint.wait(1.0)  # open: the reactor goes through
+    checkpoint.clear()
+    assert nudged == [True]  # the reactor is woken from its idle wait to come back now
+    assert not checkpoint.holds_reactor(0.05)  # it went through before the clear: not parked
+
+    parked = threading.Event()
+
+    def reactor() -> None:
+        parked.set()
+        checkpoint.wait()  # closed: stays here until set()
+
+    thread = threading.Thread(target=reactor)
+    thread.start()
+    assert parked.wait(5.0)
+    assert checkpoint.holds_reactor(5.0)
+    assert thread.is_alive()
+    checkpoint.set()
+    thread.join(5.0)
+    assert not thread.is_alive()
+    assert not checkpoint.holds_reactor(0.01)  # open again: nothing is held
+
+
+def test_associations_pause_their_reactor_through_the_checkpoint() -> None:
+    """Installed on every association: a request from another thread waits for the parked
+    reactor, while the reactor's own thread (a C-GET service sending) keeps pynetdicom's flag."""
+    from pynetdicom import AE, association
+
+    assert tuning.apply()
+    assoc = association.Association(AE(), "requestor")
+    assert isinstance(assoc._reactor_checkpoint, tuning._Checkpoint)
+    assoc._is_paused = False
+    assert assoc._is_paused  # not running: nothing to race with
+    assoc._kill = True
+    assert assoc._is_paused
