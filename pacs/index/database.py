@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +13,6 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from pacs.errors import DatabaseUnavailable
-from pacs.index.sqlite_writers import QueuedWriterConnection
 
 IDLE_PING_SECONDS = 10.0
 
@@ -53,9 +51,7 @@ def _sqlite_engine(url: str) -> Engine:
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30, "factory": QueuedWriterConnection}
-    )
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -74,13 +70,8 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("sqlite_write", False):
-            try:
-                conn.connection.dbapi_connection.begin_write()  # type: ignore[union-attr]
-            except sqlite3.OperationalError as exc:  # not through SQLAlchemy, so not wrapped by it
-                raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
-        else:
-            conn.exec_driver_sql("BEGIN")
+        writing = conn.get_execution_options().get("sqlite_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
 

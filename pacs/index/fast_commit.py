@@ -52,7 +52,7 @@ class FastCommit:
             cursor = connection.cursor()
             try:
                 if self.dialect == "sqlite":
-                    connection.dbapi_connection.begin_write()  # the write lock up front (see database.py)
+                    cursor.execute("BEGIN IMMEDIATE")  # the write lock up front (see database.py)
                 if not self._insert_all(cursor, rows):
                     connection.rollback()
                     return False
