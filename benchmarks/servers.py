@@ -5,6 +5,7 @@ and is torn down by the context managers even when the run is interrupted.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -122,11 +123,26 @@ def _tail(path: Path, size: int = 3000) -> str:
 
 
 _removal_deferred: list[Path] | None = None  # inside removal_at_end(): folders left to remove
+_base: Path | None = None
+
+
+def _work_base() -> Path:
+    """The folder of this process's temp folders. On ext4 it gets the T attribute, so that its
+    subfolders are spread over the disk like top-level folders: each server then writes where
+    no earlier run's files were deleted lately, which ext4 without a journal makes every file
+    creation scan past (seen to cost minipacs a third of its kernel time in STOW-RS, in /tmp
+    after a test run). Where chattr cannot set it, the folders are made as usual."""
+    global _base
+    if _base is None:
+        _base = Path(tempfile.mkdtemp(prefix="bench-work-"))
+        subprocess.run(["chattr", "+T", str(_base)], check=False, capture_output=True)
+        atexit.register(shutil.rmtree, _base, ignore_errors=True)
+    return _base
 
 
 @contextmanager
 def temp_folder(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=_work_base()))
     try:
         yield path
     finally:
@@ -138,10 +154,8 @@ def temp_folder(prefix: str) -> Iterator[Path]:
 
 @contextmanager
 def removal_at_end() -> Iterator[None]:
-    """Keep the temp folders of a whole run until it ends. On ext4 without a journal, creating a
-    file skips over every inode freed in the last minutes in its block group, and deleting one
-    server's 12,000 files would make the next server measured pay for that scan on every file
-    it writes (a third of minipacs' kernel time in one STOW-RS phase, where it was seen)."""
+    """Keep the temp folders of a whole run until it ends: deleting one server's 12,000 files
+    would make the next server measured pay for the inode scan described in _work_base."""
     global _removal_deferred
     _removal_deferred = []
     try:
