@@ -24,6 +24,7 @@ from benchmarks.servers import (
     fresh_database,
     postgres_available,
     running_process,
+    source_env,
     temp_folder,
     wait_until_ready,
 )
@@ -81,7 +82,7 @@ def running_server(backend: str) -> Iterator[tuple[int, int]]:
             database = stack.enter_context(fresh_database("hl7"))
             env["MINIPACS_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
         command = [sys.executable, "-m", "pacs.cli", "serve", "--host", "127.0.0.1"]
-        proc = stack.enter_context(running_process(command, env=env, cwd=data, log_name="minipacs.log"))
+        proc = stack.enter_context(running_process(command, env=source_env(env), cwd=data, log_name="minipacs.log"))
         wait_until_ready(f"http://127.0.0.1:{http_port}/health", proc, data / "minipacs.log")
         yield hl7_port, proc.pid
 

@@ -47,6 +47,16 @@ class Server:
     receiver_port: int | None = None  # where the C-MOVE destination registered on it listens
 
 
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def source_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a minipacs process that runs this checkout's code, not whatever copy an
+    editable install points at (the server starts in its data folder, away from this tree)."""
+    paths = [str(SOURCE_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -243,7 +253,7 @@ def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: s
                             "MINIPACS_S3_ENDPOINT_URL": endpoint})
                 description = "PostgreSQL index + S3 (moto server on loopback)"
         command = [sys.executable, "-m", "pacs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        proc = stack.enter_context(running_process(command, env=env, cwd=data, log_name="minipacs.log"))
+        proc = stack.enter_context(running_process(command, env=source_env(env), cwd=data, log_name="minipacs.log"))
         wait_until_ready(f"http://127.0.0.1:{port}/health", proc, data / "minipacs.log")
         yield Server("minipacs", f"http://127.0.0.1:{port}/dicom-web", proc.pid,
                      f"{description}, {workers or 'one per core (auto)'} worker process(es)", helper_pids=helpers, database=database,
