@@ -37,9 +37,7 @@ def run_query(conn: Connection, query: Query) -> list[Row]:
 def compile_query(query: Query) -> Select:
     base = TABLES[query.level]
     stmt = _level_select(query.level)
-    on_patients = [c for c in query.conditions if c.attribute.level == Level.PATIENT] if query.level > Level.PATIENT else []
-    if not any(_scans(c) for c in on_patients):
-        on_patients = []  # an exact patient match is found by index either way
+    on_patients = _patient_set_conditions(query)
     for condition in query.conditions:
         if condition not in on_patients:
             stmt = stmt.where(condition_sql(condition))
@@ -103,9 +101,15 @@ def referred_by(provider: str) -> ColumnElement[bool]:
     return studies.c.study_instance_uid.in_(linked)
 
 
-def _scans(condition: Condition) -> bool:
-    """A condition no index answers: a wildcard, a range, a fuzzy name."""
-    return condition.kind in (MatchKind.WILDCARD, MatchKind.RANGE) or condition.fuzzy
+def _patient_set_conditions(query: Query) -> list[Condition]:
+    """The patient conditions of a study (or lower) level query to match as a set of patients:
+    all of them when one needs a scan (a wildcard, a range, a fuzzy name), else none (an exact
+    patient match is found by index either way)."""
+    if query.level == Level.PATIENT:
+        return []
+    found = [c for c in query.conditions if c.attribute.level == Level.PATIENT]
+    scans = any(c.kind in (MatchKind.WILDCARD, MatchKind.RANGE) or c.fuzzy for c in found)
+    return found if scans else []
 
 
 def visible_studies(level: Level, provider: str) -> ColumnElement[bool]:
