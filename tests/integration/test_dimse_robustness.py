@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -165,9 +166,16 @@ def test_bare_tcp_connections_do_not_hold_association_slots(sqlite_settings: Set
     services = Services.build(sqlite_settings)
     try:
         with running_listener(services, dicom_max_associations=3) as server:
-            for _ in range(server.ae.maximum_associations + 3):
+            # A connect returns once the kernel has queued it, maybe before the listener accepts
+            # it: count the connections the listener has seen close, so none is still to come.
+            closed: list[object] = []
+            assert server.server is not None
+            server.server.bind(evt.EVT_CONN_CLOSE, closed.append)
+            probes = server.ae.maximum_associations + 3
+            for _ in range(probes):
                 socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
-            wait_until(lambda: not server.ae.active_associations, 5.0, "the probes' acceptors ending")
+            wait_until(lambda: len(closed) >= probes and not server.ae.active_associations, 5.0,
+                       "the probes' acceptors ending")
             assert echo_status(server.port) == SUCCESS
     finally:
         services.close()
