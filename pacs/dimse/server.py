@@ -188,11 +188,13 @@ class DicomServer:
         log.info("DICOM TLS listener %s on %s:%d", self.settings.ae_title, *tls_server.server_address[:2])
 
     def _start_on(self, plain: socket.socket | None, secure: socket.socket | None, table: list[Any]) -> None:
+        shared = self.settings.worker_count > 1  # the other workers accept from the same sockets
         if plain is not None:
-            self.server = serve_on(self.ae, plain, evt_handlers=table)
+            self.server = serve_on(self.ae, plain, evt_handlers=table, shared=shared)
         if secure is not None and self.tls_context is not None:
             self.tls_server = serve_on(
-                self.ae, secure, evt_handlers=[(evt.EVT_CONN_OPEN, self._handshake), *table], ssl_context=self.tls_context
+                self.ae, secure, evt_handlers=[(evt.EVT_CONN_OPEN, self._handshake), *table],
+                ssl_context=self.tls_context, shared=shared,
             )
 
     def _handshake(self, event: Any) -> None:

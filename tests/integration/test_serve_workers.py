@@ -121,6 +121,40 @@ def test_a_dicom_store_through_any_worker_is_indexed_once(server: Server) -> Non
     assert study["00201208"]["Value"] == [6]
 
 
+def dicom_connections_per_worker(server: Server) -> list[int]:
+    """Established connections to the DICOM port each worker holds, read from /proc."""
+    held = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == server.dicom_port and state == "01":  # 01: ESTABLISHED
+                held.add(f"socket:[{inode}]")
+    counts = []
+    for pid in sorted(children_of(server.process.pid)):
+        fds = Path(f"/proc/{pid}/fd")
+        counts.append(sum(1 for fd in fds.iterdir() if os.readlink(fd) in held))
+    return counts
+
+
+def test_associations_go_to_the_least_busy_worker(server: Server) -> None:
+    """Python runs one thread at a time per process: associations piled on one worker would share
+    a core while the other idles. Each new one goes to the worker serving fewer."""
+    ae = AE(ae_title="WORKERTEST")
+    ae.add_requested_context(Verification)
+    held = []
+    try:
+        for _ in range(6):
+            assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="MINIPACS")
+            assert assoc.is_established
+            held.append(assoc)
+        assert dicom_connections_per_worker(server) == [3, 3]
+        assert all(int(assoc.send_c_echo().Status) == 0 for assoc in held)
+    finally:
+        for assoc in held:
+            assoc.release()
+
+
 def test_a_dead_worker_is_replaced(server: Server) -> None:
     before = children_of(server.process.pid)
     victim = min(before)
