@@ -275,3 +275,30 @@ def test_associations_pause_their_reactor_through_the_checkpoint() -> None:
     assert assoc._is_paused  # not running: nothing to race with
     assoc._kill = True
     assert assoc._is_paused
+
+
+def test_accepted_associations_share_the_supported_contexts_without_copying_them() -> None:
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification
+
+    assert tuning.apply()
+    scp = AE()
+    scp.add_supported_context(Verification)
+    scp.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    seen: list[list[object]] = []
+    server = scp.start_server(("127.0.0.1", 0), block=False,
+                              evt_handlers=[(evt.EVT_ACCEPTED, lambda event: seen.append(event.assoc.acceptor.supported_contexts))])
+    try:
+        scu = AE()
+        scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = scu.associate("127.0.0.1", server.server_address[1])
+        assert assoc.is_established
+        assert [(cx.abstract_syntax, cx.transfer_syntax) for cx in assoc.accepted_contexts] == [
+            (CTImageStorage, [ExplicitVRLittleEndian])
+        ]
+        assoc.release()
+    finally:
+        server.shutdown()
+    [contexts] = seen
+    assert contexts is not server.contexts  # the association's own list...
+    assert len(contexts) == 2 and all(a is b for a, b in zip(contexts, server.contexts, strict=True))  # ...of the same contexts
