@@ -289,12 +289,15 @@ def _closing_bell(run_reactor: Callable[..., None]) -> Callable[..., None]:
 
 
 _BATCH_BYTES = 1 << 20  # encoded PDUs handed to the upper layer at a time
+# A P-DATA-TF PDU with one PDV up to its fragment (PS3.8 9.3.5): PDU type, reserved, PDU length,
+# item length, presentation context ID, message control header.
+_PDU_HEADER = struct.Struct(">BBLLBB")
 
 
 class PreEncodedPData(P_DATA):
     """Whole P-DATA-TF PDUs, already encoded (see send_msg_batched)."""
 
-    def __init__(self, encoded: bytes) -> None:
+    def __init__(self, encoded: bytes | bytearray) -> None:
         super().__init__()
         self.encoded = encoded
 
@@ -348,17 +351,31 @@ class _Batches:
 
     def flush(self) -> None:
         if self.pending:
-            self.provider.dul.send_pdu(PreEncodedPData(bytes(self.pending)))
-            self.pending.clear()
+            # The batch itself goes out (the socket takes a bytearray); the next one starts anew.
+            self.provider.dul.send_pdu(PreEncodedPData(self.pending))
+            self.pending = bytearray()
 
     def fragments(self, data: bytes | memoryview, *, command: bool, last: bool = True) -> None:
-        """``data`` as PDVs (PS3.8 E.2 message control header: bit 0 command, bit 1 last)."""
-        size = self.fragment or max(len(data), 1)
-        pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+        """``data`` as PDVs (PS3.8 E.2 message control header: bit 0 command, bit 1 last), each
+        PDU written into the batch as its header and a slice of ``data``: one copy per byte."""
+        view = memoryview(data)
+        total = len(view)
+        size = self.fragment or max(total, 1)
         kind = 0x01 if command else 0x00
-        for n, piece in enumerate(pieces):
-            final = last and n == len(pieces) - 1
-            self.add(p_data_tf(self.context_id, bytes((kind | (0x02 if final else 0),)) + bytes(piece)))
+        start = 0
+        while True:
+            end = min(start + size, total)
+            final = last and end == total
+            length = end - start
+            self.pending += _PDU_HEADER.pack(
+                0x04, 0x00, length + 6, length + 2, self.context_id, kind | (0x02 if final else 0)
+            )
+            self.pending += view[start:end]
+            if len(self.pending) >= _BATCH_BYTES:
+                self.flush()
+            start = end
+            if start >= total:
+                return
 
 
 def _send_data_set(batches: _Batches, message_class: str, primitive: Any) -> None:
@@ -366,9 +383,9 @@ def _send_data_set(batches: _Batches, message_class: str, primitive: Any) -> Non
     keyword = dimse_messages._DATASET_KEYWORDS.get(message_class)
     data_set = getattr(primitive, keyword, None) if keyword else None
     if data_set is not None:
-        encoded = data_set.getvalue()
-        if encoded:
-            batches.fragments(memoryview(encoded), command=False)
+        with data_set.getbuffer() as encoded:  # the BytesIO's own buffer, not a copy of it
+            if len(encoded):
+                batches.fragments(encoded, command=False)
         return
     path = getattr(primitive, "_dataset_path", None)
     if path:
