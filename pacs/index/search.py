@@ -122,9 +122,12 @@ def visible_studies(level: Level, provider: str) -> ColumnElement[bool]:
 def condition_sql(condition: Condition) -> ColumnElement[bool]:
     attr = condition.attribute
     if attr.keyword == "ModalitiesInStudy":
-        # Matches when any series of the study has a matching modality (PS3.4 C.6.1.1.5.1).
+        # Matches when any series of the study has a matching modality (PS3.4 C.6.1.1.5.1). As
+        # the set of such studies, read off the (modality, study_pk) index in study order: an
+        # EXISTS per study made SQLite walk every study (2.7 ms at 10,000 for a rare modality,
+        # 0.04 ms this way).
         modality = _match(series.c.modality, condition, attr)
-        return exists().where(series.c.study_pk == studies.c.pk, modality)
+        return studies.c.pk.in_(select(series.c.study_pk).where(modality).correlate(None))
     table = TABLES[attr.level]
     column = table.c[f"{attr.column}_norm"] if attr.vr == "PN" else table.c[attr.column]
     return _match(column, condition, attr)
