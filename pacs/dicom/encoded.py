@@ -19,11 +19,13 @@ LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN"
 class EncodedDataset(Dataset):
     def __init__(self, elements: list[tuple[int, str, bytes]], *, implicit: bool, character_set: list[str]) -> None:
         """`elements`: (tag, VR, encoded value) of each top-level element, Little Endian."""
-        super().__init__()
+        raw = {}
         parts = []
         for tag, vr, value in sorted(elements):
-            self[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, True)
+            key = Tag(tag)
+            raw[key] = RawDataElement(key, vr, len(value), value, 0, implicit, True)
             parts.append(element_header(tag, vr, len(value), implicit) + value)
+        super().__init__(raw)  # the elements as they are: no per-element checks on the way in
         self.set_original_encoding(implicit, True, character_set)
         self.encoded = b"".join(parts)
         self.encoding = (implicit, True, False)  # (implicit VR, little endian, deflated)
