@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import struct
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 # PS3.5 Table 7.1-1: explicit VRs with a reserved field and a 32-bit length.
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
@@ -19,7 +19,7 @@ LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN"
 class EncodedDataset(Dataset):
     def __init__(self, elements: list[tuple[int, str, bytes]], *, implicit: bool, character_set: list[str]) -> None:
         """`elements`: (tag, VR, encoded value) of each top-level element, Little Endian."""
-        raw = {}
+        raw: dict[BaseTag, DataElement | RawDataElement] = {}
         parts = []
         for tag, vr, value in sorted(elements):
             key = Tag(tag)
