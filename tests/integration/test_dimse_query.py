@@ -295,7 +295,9 @@ def test_c_cancel_stops_the_responses(
     assert rest[-1] == (CANCEL, None)
     pending = 1 + sum(1 for s, _ in rest if s == PENDING)
     assert 1 <= pending < len(instances)
-    # The association is still usable afterwards.
+    # The association is still usable afterwards. (Without the gate: when the C-CANCEL arrived
+    # before the second answer was made, the gate would hold this query's second answer.)
+    monkeypatch.undo()
     assert len(matches(finder, identifier("IMAGE", PatientID="MANY", SOPInstanceUID=""))) == len(instances)
 
 
