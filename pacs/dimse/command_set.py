@@ -14,10 +14,12 @@ does not know how to write, and the caller then lets pynetdicom do it.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES
 
 _FIELD = {name: code for code, (name, _) in _MESSAGE_TYPES.items()}  # "C-STORE-RQ" -> 0x0001
@@ -91,3 +93,46 @@ def _value(vr: str, value: Any) -> bytes | None:
     if vr == "AT" and isinstance(value, list) and all(isinstance(t, int) for t in value):
         return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in value)
     return None
+
+
+# -- received command sets ---------------------------------------------------------------------
+
+_ELEMENTS = {tag: (keyword, vr) for plan in _PLANS.values() for tag, keyword, vr in plan}
+_TEXT_VRS = frozenset({"AE", "LO", "SH", "CS"})
+# Values read here: a UID padded with one NUL or space; text of printable ASCII without a
+# backslash (one value), not starting with a space, padded with spaces. pydicom strips these
+# pads the same way; anything else (leading spaces, NULs in text) it treats per VR, so it reads it.
+_UID = re.compile(rb"[0-9.]+[\x00 ]?")
+_TEXT = re.compile(rb"[!-\[\]-~][ -\[\]-~]*")
+
+
+def received_values(command_set: Any) -> list[tuple[str, Any]] | None:
+    """(keyword, value) of each element of a received command set, read from its raw elements
+    as pydicom converts them, or None when an element is of a kind this does not read (an
+    unknown tag, several values, an empty value, unusual text): pydicom reads that one then."""
+    found = []
+    for tag, element in sorted(command_set._dict.items()):
+        known = _ELEMENTS.get(tag)
+        if known is None:
+            return None
+        keyword, vr = known
+        data = element.value
+        if not isinstance(element, RawDataElement):  # converted already (CommandField, when read)
+            if type(data) is not int and type(data) is not str:
+                return None
+            found.append((keyword, data))
+            continue
+        if not isinstance(data, bytes) or not data:
+            return None
+        if vr == "US" and len(data) == 2:
+            value: Any = struct.unpack("<H", data)[0]
+        elif vr == "UL" and len(data) == 4:
+            value = struct.unpack("<L", data)[0]
+        elif vr == "UI" and _UID.fullmatch(data):
+            value = data.rstrip(b"\x00 ").decode("ascii")
+        elif vr in _TEXT_VRS and _TEXT.fullmatch(data):
+            value = data.rstrip(b" ").decode("ascii")
+        else:
+            return None
+        found.append((keyword, value))
+    return found

@@ -20,6 +20,8 @@ are replaced by equivalents that give the same results with less work:
   on. Their sleeps now wait for the work itself (a decoded message; data on the socket), still
   for at most the same time, so nothing else about the loops changes; queueing a PDU to send
   wakes the upper layer's wait at once.
+- A received command set became a primitive through pydicom's conversion of each element; the
+  values are read from the raw elements here (pacs.dimse.command_set.received_values).
 - Every accepted association deep-copied the listener's 193 supported presentation contexts
   (50 ms); it now gets a list of the same ones, which negotiation only reads.
 
@@ -71,6 +73,7 @@ _READ_AT_MOST = 1 << 20  # bytes per recv_into call
 
 _applied = False
 _ORIGINAL_SEND_MSG: Callable[..., None] = DIMSEServiceProvider.send_msg  # before apply() replaces it
+_ORIGINAL_TO_PRIMITIVE: Callable[..., Any] = dimse_messages.DIMSEMessage.message_to_primitive
 
 
 def apply() -> bool:
@@ -97,8 +100,33 @@ def apply() -> bool:
     association.Association.__init__ = _with_checkpoint(association.Association.__init__)  # type: ignore[method-assign]
     association.Association._is_paused = property(_get_paused, _set_paused)  # type: ignore[assignment]
     transport.deepcopy = _share_contexts  # type: ignore[assignment]
+    global _ORIGINAL_TO_PRIMITIVE
+    _ORIGINAL_TO_PRIMITIVE = dimse_messages.DIMSEMessage.message_to_primitive
+    dimse_messages.DIMSEMessage.message_to_primitive = message_to_primitive  # type: ignore[method-assign]
     _applied = True
     return True
+
+
+def message_to_primitive(self: Any) -> Any:
+    """pynetdicom's DIMSEMessage.message_to_primitive with the command set's values read straight
+    from its raw elements (pacs.dimse.command_set.received_values) instead of converted one by one
+    by pydicom: about 75 us less per message received (a C-STORE request or response takes half
+    the time). Any command set with an element that function does not read goes the original way."""
+    values = command_set.received_values(self.command_set)
+    if values is None:
+        return _ORIGINAL_TO_PRIMITIVE(self)
+    name = type(self).__name__
+    primitive: Any = dimse_messages._MSG_TO_PRIMITVE[name[: name.rfind("_R")]]()
+    for keyword, value in values:
+        if hasattr(primitive, keyword):
+            setattr(primitive, keyword, value)
+    data_set_keyword = dimse_messages._DATASET_KEYWORDS.get(name)
+    if data_set_keyword is not None:
+        setattr(primitive, data_set_keyword, self.data_set)
+    primitive._context_id = self.context_id
+    primitive._dataset_path = self._data_set_path
+    primitive._dataset_file = self._data_set_file
+    return primitive
 
 
 def _share_contexts(contexts: list[Any]) -> list[Any]:

@@ -109,7 +109,13 @@ def _primitives() -> list[object]:
     set_rsp = N_SET()
     set_rsp.MessageIDBeingRespondedTo, set_rsp.Status = 3, 0x0110
     set_rsp.RequestedSOPClassUID, set_rsp.RequestedSOPInstanceUID = "1.2.840.10008.3.1.2.3.3", "1.2.3.4"
-    return [store_rq, store_rsp, failed, find_rsp, move_rsp, get_rsp, echo_rsp, create_rsp, set_rsp]
+    find_rq = C_FIND()
+    find_rq.MessageID, find_rq.AffectedSOPClassUID, find_rq.Priority = 4, "1.2.840.10008.5.1.4.1.2.2.1", 0
+    find_rq.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    move_rq = C_MOVE()
+    move_rq.MessageID, move_rq.AffectedSOPClassUID, move_rq.Priority = 5, "1.2.840.10008.5.1.4.1.2.2.2", 1
+    move_rq.MoveDestination, move_rq.Identifier = "STORESCP", BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00SERIES")
+    return [store_rq, store_rsp, failed, find_rsp, move_rsp, get_rsp, echo_rsp, create_rsp, set_rsp, find_rq, move_rq]
 
 
 @pytest.mark.parametrize("primitive", _primitives(), ids=lambda p: type(p).__name__)
@@ -302,3 +308,74 @@ def test_accepted_associations_share_the_supported_contexts_without_copying_them
     [contexts] = seen
     assert contexts is not server.contexts  # the association's own list...
     assert len(contexts) == 2 and all(a is b for a, b in zip(contexts, server.contexts, strict=True))  # ...of the same contexts
+
+
+def _received(primitive: object, *, change: tuple[bytes, bytes] | None = None) -> tuple[object, object]:
+    """``primitive`` sent and received: what pynetdicom's own conversion and ours make of it;
+    ``change`` replaces bytes of the encoded command set by as many others."""
+    import io
+
+    from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+    from pynetdicom.dimse_messages import DIMSEMessage
+    from pynetdicom.dsutils import decode, encode
+
+    table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE  # type: ignore[attr-defined]
+    sent = table[type(primitive)]()
+    sent.primitive_to_message(primitive)
+    raw = encode(sent.command_set, True, True)
+    if change is not None:
+        assert change[0] in raw and len(change[0]) == len(change[1])
+        raw = raw.replace(*change)
+
+    def received(convert: object) -> object:
+        message = DIMSEMessage()
+        message.command_set = decode(io.BytesIO(raw), True, True)
+        message.__class__ = type(sent)
+        assert message.command_set.CommandField == sent.command_set.CommandField  # read as decode_msg does
+        message.data_set = getattr(primitive, "DataSet", None) or getattr(primitive, "Identifier", None)
+        message.context_id = 3
+        return convert(message)  # type: ignore[operator]
+
+    return received(tuning._ORIGINAL_TO_PRIMITIVE), received(tuning.message_to_primitive)
+
+
+def _parameters(primitive: object) -> dict[str, object]:
+    from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS
+
+    keywords = {k for names in _COMMAND_SET_KEYWORDS.values() for k in names}
+    found = {k: getattr(primitive, k) for k in sorted(keywords) if hasattr(primitive, k)}
+    found["context"] = primitive._context_id  # type: ignore[attr-defined]
+    for keyword in ("DataSet", "Identifier", "AttributeList"):
+        if hasattr(primitive, keyword):
+            found[keyword] = getattr(primitive, keyword)
+    return found
+
+
+@pytest.mark.parametrize("primitive", _primitives(), ids=lambda p: type(p).__name__)
+def test_received_command_sets_become_the_primitives_pynetdicom_makes(primitive: object) -> None:
+    assert tuning.apply()
+    theirs, ours = _received(primitive)
+    assert type(ours) is type(theirs)
+    assert _parameters(ours) == _parameters(theirs)
+
+
+@pytest.mark.parametrize(
+    ("stored", "read"),
+    [
+        (b" MOVESCU", "MOVESCU"),  # a leading space: pydicom strips it from an AE title
+        (b"MOVE\x00SC ", None),  # a NUL inside: left to pydicom
+        (b"M\xc3\x9cVESC ", None),  # not ASCII: left to pydicom
+    ],
+)
+def test_unusual_values_are_read_as_pydicom_reads_them(stored: bytes, read: str | None) -> None:
+    """pydicom's own reading of values the fast path does not read (it then hands them on)."""
+    import warnings
+
+    assert tuning.apply()
+    store_rq = _primitives()[0]  # MoveOriginatorApplicationEntityTitle "MOVESCU"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid AE titles
+        theirs, ours = _received(store_rq, change=(b"MOVESCU ", stored))
+        assert _parameters(ours) == _parameters(theirs)
+    if read is not None:
+        assert ours.MoveOriginatorApplicationEntityTitle == read  # type: ignore[attr-defined]
