@@ -134,6 +134,8 @@ def test_command_sets_are_what_pynetdicom_encodes(primitive: object) -> None:
 class _Sink:
     """Stands in for the upper layer: what would be sent, in order."""
 
+    socket = None  # no transport: every message goes through the upper layer
+
     def __init__(self) -> None:
         self.sent = bytearray()
 
@@ -379,3 +381,55 @@ def test_unusual_values_are_read_as_pydicom_reads_them(stored: bytes, read: str 
         assert _parameters(ours) == _parameters(theirs)
     if read is not None:
         assert ours.MoveOriginatorApplicationEntityTitle == read  # type: ignore[attr-defined]
+
+
+class _DirectSink(_Sink):
+    """An established association's upper layer, with a transport the sending thread may write
+    to itself: what goes out directly and what is queued, in order."""
+
+    def __init__(self, queued: int = 0) -> None:
+        import queue
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.to_provider_queue: queue.Queue[object] = queue.Queue()
+        for _ in range(queued):
+            self.to_provider_queue.put(object())
+        self.state_machine = SimpleNamespace(current_state="Sta6")
+        self.plain = socket.socket()
+        self.socket = SimpleNamespace(socket=self.plain, send=self.direct)  # type: ignore[assignment]
+        self.ways: list[str] = []
+
+    def direct(self, data: bytes) -> None:
+        self.sent += data
+        self.ways.append("direct")
+
+    def send_pdu(self, primitive: object) -> None:
+        super().send_pdu(primitive)
+        self.ways.append("queued")
+
+
+@pytest.mark.parametrize(("queued", "way"), [(0, "direct"), (1, "queued")])
+def test_messages_go_out_directly_only_with_nothing_queued_before_them(queued: int, way: str) -> None:
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    assert tuning.apply()
+    primitive = _primitives()[0]  # a C-STORE request with its data set
+
+    def sent_by(send_msg: object, sink: _Sink) -> bytes:
+        from types import SimpleNamespace
+
+        provider = DIMSEServiceProvider.__new__(DIMSEServiceProvider)
+        provider._assoc = SimpleNamespace(  # type: ignore[assignment]
+            is_requestor=True, dul=sink, acceptor=SimpleNamespace(maximum_length=16384), get_handlers=lambda event: []
+        )
+        primitive.DataSet.seek(0)  # type: ignore[attr-defined]
+        send_msg(provider, primitive, 3)  # type: ignore[operator]
+        return bytes(sink.sent)
+
+    sink = _DirectSink(queued)
+    try:
+        assert sent_by(tuning.send_msg_batched, sink) == sent_by(tuning._ORIGINAL_SEND_MSG, _Sink())
+        assert sink.ways == [way]
+    finally:
+        sink.plain.close()
