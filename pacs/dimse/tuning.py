@@ -319,9 +319,9 @@ def _closing_bell(run_reactor: Callable[..., None]) -> Callable[..., None]:
 
 
 _BATCH_BYTES = 1 << 20  # encoded PDUs handed to the upper layer at a time
-# A P-DATA-TF PDU with one PDV up to its fragment (PS3.8 9.3.5): PDU type, reserved, PDU length,
-# item length, presentation context ID, message control header.
-_PDU_HEADER = struct.Struct(">BBLLBB")
+# A P-DATA-TF PDU with one PDV, up to the PDV's value (PS3.8 9.3.5): PDU type, reserved, PDU
+# length, item length, presentation context ID. The value (message control header, fragment) follows.
+_PDU_HEADER = struct.Struct(">BBLLB")
 
 
 class PreEncodedPData(P_DATA):
@@ -335,7 +335,11 @@ class PreEncodedPData(P_DATA):
 def p_data_tf(context_id: int, data: bytes) -> bytes:
     """One P-DATA-TF PDU with one presentation data value (PS3.8 9.3.5), as pynetdicom encodes
     it; ``data`` starts with the message control header."""
-    return struct.pack(">BBLLB", 0x04, 0x00, len(data) + 5, len(data) + 1, context_id) + data
+    return _pdu_header(context_id, len(data)) + data
+
+
+def _pdu_header(context_id: int, value_length: int) -> bytes:
+    return _PDU_HEADER.pack(0x04, 0x00, value_length + 5, value_length + 1, context_id)
 
 
 def send_msg_batched(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
@@ -412,9 +416,8 @@ class _Batches:
             end = min(start + size, total)
             final = last and end == total
             length = end - start
-            self.pending += _PDU_HEADER.pack(
-                0x04, 0x00, length + 6, length + 2, self.context_id, kind | (0x02 if final else 0)
-            )
+            self.pending += _pdu_header(self.context_id, length + 1)
+            self.pending.append(kind | (0x02 if final else 0))  # the message control header
             self.pending += view[start:end]
             if len(self.pending) >= _BATCH_BYTES:
                 self.flush()
