@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dimse, rendering, report
+from benchmarks import dimse, rendering, report, rounds
 from benchmarks.runner import Options, TargetResult, prepare, run_target, say
 from benchmarks.servers import (
     Server,
@@ -72,6 +72,9 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                    help="only the rendering figures (nothing else is seeded)")
     p.add_argument("--render-frames", type=int, metavar="F",
                    help="frames rendered one by one for the memory figures (default 1000, --quick 100)")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="measure each server N times, fresh each time and alternating which goes first; "
+                        "throughputs are the median round, latencies pooled over the rounds (default 1)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each measured phase, wait up to this long for other processes to go idle")
     p.add_argument("--json", metavar="PATH", help="also write every raw figure to this JSON file")
@@ -117,6 +120,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) -> int:
+    if args.rounds < 1 or (args.url and args.rounds > 1):
+        print("--rounds must be at least 1, and 1 with --url (a server seen again already holds the data)",
+              file=sys.stderr)
+        return 2
     plan = _plan(args)
     if not plan:
         return 2
@@ -134,12 +141,17 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
         pixels = stack.enter_context(temp_folder("bench-pixels-")) if options.render else None
         data = prepare(options, files, pixels)
         for backend, targets in plan:
-            results: dict[str, TargetResult] = {}
-            for target in targets:
-                with _server(args, options, backend, target, overrides) as server:
-                    say(f"{server.name} up ({server.description}) at {server.dicomweb_url}")
-                    results[target] = run_target(server, data, options)
-            raw.append({"backend": backend, "results": {t: _raw(r) for t, r in results.items()}})
+            measured: dict[str, list[TargetResult]] = {t: [] for t in targets}
+            for round_index in range(args.rounds):
+                # Alternate the order so that neither server always runs on the fresher machine.
+                for target in targets if round_index % 2 == 0 else targets[::-1]:
+                    with _server(args, options, backend, target, overrides) as server:
+                        say(f"{_round_label(round_index, args.rounds)}{server.name} up ({server.description}) "
+                            f"at {server.dicomweb_url}")
+                        measured[target].append(run_target(server, data, options))
+            results = {t: rounds.combine(r) for t, r in measured.items()}
+            raw.append({"backend": backend, "results": {t: _raw(r) for t, r in results.items()},
+                        "rounds": [{t: _raw(r[i]) for t, r in measured.items()} for i in range(args.rounds)]})
             for section, fails in _sections(backend, results, options, args):
                 failed += fails
                 print(section, flush=True)
@@ -147,6 +159,18 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
         Path(args.json).write_text(json.dumps({"environment": env, "options": asdict(options),
                                                "runs": raw}, indent=2, default=str))
     return 1 if failed else 0
+
+
+def _rounds_note(args: argparse.Namespace) -> list[str]:
+    if args.rounds == 1:
+        return []
+    return [f"{args.rounds} rounds, each server started fresh in each, alternating which went first: throughput "
+            "from the median round's time, latency percentiles over the samples of every round, CPU per unit "
+            "the mean, memory the highest peak"]
+
+
+def _round_label(index: int, total: int) -> str:
+    return f"round {index + 1}/{total}: " if total > 1 else ""
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -224,6 +248,7 @@ def _section(backend: str, results: dict[str, TargetResult], options: Options, a
     notes = [f"{r.server.name}: {r.server.description}" for r in results.values()]
     notes += [note for r in results.values() for note in r.server.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency and memory: lower is better)")
+    notes += _rounds_note(args)
     passed, failed = report.tally(rows)
     title = _pair_title(backend, args)
     title += f" ({options.instances} instances, {options.studies:,} studies, {options.series_size}-instance series)"
@@ -254,6 +279,7 @@ def _dimse_section(backend: str, results: dict[str, TargetResult], options: Opti
     ]
     notes += [note for r in results.values() if r.dimse for note in r.dimse.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency: lower is better)")
+    notes += _rounds_note(args)
     passed, failed = report.tally(rows)
     notes.append(f"targets: {passed} PASS, {failed} FAIL")
     title = (f"{_pair_title(backend, args)}, DIMSE ({options.instances} instances per "
@@ -285,6 +311,7 @@ def _render_section(backend: str, results: dict[str, TargetResult], options: Opt
     ]
     notes += [note for r in results.values() if r.pixels for note in r.pixels.notes]
     notes.append("ratio = minipacs / Orthanc (latency and memory: lower is better)")
+    notes += _rounds_note(args)
     passed, failed = report.tally(rows)
     notes.append(f"targets: {passed} PASS, {failed} FAIL")
     title = f"{_pair_title(backend, args)}, rendering ({sizes.frames} frames for the memory figures)"

@@ -1,0 +1,52 @@
+"""benchmarks.rounds: several rounds of figures combined into one result."""
+
+from __future__ import annotations
+
+from benchmarks.dimse import DimseResult
+from benchmarks.rounds import combine
+from benchmarks.runner import TargetResult
+from benchmarks.servers import Server
+from benchmarks.workloads import Latency, Throughput
+
+
+def _round(seconds: float, samples: list[float], *, cpu: float, rss: int, move: float | None) -> TargetResult:
+    server = Server("minipacs", f"http://127.0.0.1/{seconds}")
+    dimse = DimseResult(move=Throughput(300, 3_000, move) if move is not None else None, notes=[f"n{seconds}"])
+    return TargetResult(server, stow_4=Throughput(1000, 10_000, seconds), qido={"PatientID": Latency(samples, [1] * len(samples))},
+                        dimse=dimse, peak_rss=rss, cpu={"stow_4": {"server": cpu, "instances": 1000.0}},
+                        seeding={"qido": seconds})
+
+
+def test_throughput_comes_from_the_median_round_not_the_best_or_the_mean() -> None:
+    result = combine([_round(2.0, [1.0], cpu=1, rss=1, move=1.0), _round(9.0, [1.0], cpu=1, rss=1, move=1.0),
+                      _round(3.0, [1.0], cpu=1, rss=1, move=1.0)])
+    assert result.stow_4 is not None
+    assert result.stow_4.seconds == 3.0
+    assert result.stow_4.per_second == 1000 / 3.0
+    assert result.seeding == {"qido": 3.0}
+
+
+def test_latency_samples_are_pooled_so_p95_spans_every_round() -> None:
+    fast = [1.0] * 19 + [2.0]
+    slow = [10.0] * 20
+    result = combine([_round(1.0, fast, cpu=1, rss=1, move=1.0), _round(1.0, slow, cpu=1, rss=1, move=1.0)])
+    pooled = result.qido["PatientID"]
+    assert len(pooled.samples_ms) == 40
+    assert pooled.p95 == 10.0
+    assert pooled.p50 == 2.0
+
+
+def test_cpu_is_summed_memory_is_the_worst_peak_and_nested_results_combine() -> None:
+    result = combine([_round(1.0, [1.0], cpu=2.0, rss=100, move=2.0), _round(1.0, [1.0], cpu=4.0, rss=300, move=None),
+                      _round(1.0, [1.0], cpu=3.0, rss=200, move=4.0)])
+    assert result.cpu == {"stow_4": {"server": 9.0, "instances": 3000.0}}
+    assert result.peak_rss == 300
+    assert result.dimse is not None and result.dimse.move is not None
+    assert result.dimse.move.seconds == 3.0  # the round without the figure does not count
+    assert result.dimse.notes == ["n1.0"]
+    assert result.server.dicomweb_url == "http://127.0.0.1/1.0"
+
+
+def test_one_round_is_returned_as_is() -> None:
+    only = _round(5.0, [1.0], cpu=1, rss=1, move=1.0)
+    assert combine([only]) is only
