@@ -164,9 +164,10 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
 def _rounds_note(args: argparse.Namespace) -> list[str]:
     if args.rounds == 1:
         return []
-    return [f"{args.rounds} rounds, each server started fresh in each, alternating which went first: throughput "
+    note = (f"{args.rounds} rounds, each server started fresh in each, alternating which went first: throughput "
             "from the median round's time, latency percentiles over the samples of every round, CPU per unit "
-            "the mean, memory the highest peak"]
+            "the mean, memory the highest peak")
+    return [note]
 
 
 def _round_label(index: int, total: int) -> str:
