@@ -18,7 +18,9 @@ from worklist.hl7.messages import patient_id_of
 from worklist.orders import parse_datetime
 
 _MAX_LIMIT = 1000
-_ACK_CODES = {"AA": "AA", "AE": "AE", "AR": "AR", "NONE": ""}  # none: not answered (broken frames)
+# A block that got no answer (cut short) is stored with an empty code; filters and JSON call it "none".
+_ACK_CODES = {"AA": "AA", "AE": "AE", "AR": "AR", "NONE": ""}
+NO_ANSWER = "none"
 
 
 def _log(request: Request) -> Hl7Log:
@@ -63,6 +65,7 @@ def message_json(message: LoggedMessage) -> dict[str, Any]:
             continue
         key = "order_id" if name == "order_pk" else name  # as /api/orders/{id} names it
         out[key] = value.isoformat() if hasattr(value, "isoformat") else value
+    out["ack_code"] = message.ack_code or NO_ANSWER
     return out
 
 

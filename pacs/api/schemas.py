@@ -90,6 +90,22 @@ EXPORT_BATCH = {
     "required": ["id", "created_at", "created_by", "format", "destination", "order_count", "file"],
 }
 
+HL7_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"}, "received_at": {"type": "string", "format": "date-time"},
+        "peer": {"type": "string"}, "control_id": _NULLABLE_STRING, "sending_application": _NULLABLE_STRING,
+        "sending_facility": _NULLABLE_STRING, "message_type": _NULLABLE_STRING,
+        # the same words the ack_code filter takes: "none" for a block that got no answer
+        "ack_code": {"enum": ["AA", "AE", "AR", "none"]},
+        "outcome": {"type": "string"}, "duplicate": {"type": "boolean"}, "order_id": {"type": ["integer", "null"]},
+        "size": {"type": "integer"},
+        "raw": {"type": ["string", "null"], "description": "the message as received; only for one message"},
+    },
+    "required": ["id", "received_at", "peer", "control_id", "message_type", "ack_code", "outcome", "duplicate"],
+    "additionalProperties": False,
+}
+
 ERROR = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
@@ -120,6 +136,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "ExportRequest": EXPORT_REQUEST,
     "ExportBatch": EXPORT_BATCH,
     "ExportBatchList": {"type": "array", "items": {"$ref": "#/components/schemas/ExportBatch"}},
+    "Hl7Message": HL7_MESSAGE,
+    "Hl7MessageList": {"type": "array", "items": {"$ref": "#/components/schemas/Hl7Message"}},
     "Login": {
         "type": "object", "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
         "required": ["username", "password"],

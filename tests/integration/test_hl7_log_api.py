@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from jsonschema import Draft202012Validator
 from starlette.testclient import TestClient
 
 from pacs.app import build_app
@@ -42,7 +43,7 @@ def test_admins_list_and_read_the_log(services: Services, api: tuple[TestClient,
     assert listed.status_code == 200, listed.text
     entries = listed.json()
     assert [(e["control_id"], e["message_type"], e["ack_code"]) for e in entries] == [
-        (None, None, ""), ("LOG-3", "ADT^A08", "AA"), ("LOG-2", "ORM^O01", "AE"), ("LOG-1", "ORM^O01", "AA"),
+        (None, None, "none"), ("LOG-3", "ADT^A08", "AA"), ("LOG-2", "ORM^O01", "AE"), ("LOG-1", "ORM^O01", "AA"),
     ]
     assert all("raw" not in e for e in entries)
     first = entries[3]
@@ -64,6 +65,8 @@ def test_admins_list_and_read_the_log(services: Services, api: tuple[TestClient,
     assert ids(type="ORM^O01") == ["LOG-2", "LOG-1"]
     assert ids(ack_code="ae") == ["LOG-2"]
     assert ids(ack_code="none") == [None]
+    for entry in entries:  # each entry's ack_code is a value the filter takes and selects it by
+        assert entry["control_id"] in ids(ack_code=entry["ack_code"])
     assert ids(control_id="LOG-3") == ["LOG-3"]
     assert ids(limit="2", offset="1") == ["LOG-3", "LOG-2"]
     now = datetime.now(UTC)
@@ -72,8 +75,18 @@ def test_admins_list_and_read_the_log(services: Services, api: tuple[TestClient,
 
     services.audit.flush()
     reads = services.audit.search(AuditFilter(actor=_name(services, admin), action="read"))
-    assert sum(r["count"] for r in reads) == 9  # the list, the message, seven filtered lists
+    assert sum(r["count"] for r in reads) == 13  # the list, the message, eleven filtered lists
     assert any(r["patient_id"] == "PAT-1" and "hl7_log" in r["detail"] for r in reads)
+
+
+def test_entries_match_the_openapi_schema(api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    http, headers = api
+    components = http.get("/api/openapi.json").json()["components"]
+    entries = http.get("/api/hl7/messages", headers=headers["admin"]).json()
+    Draft202012Validator({"$ref": "#/components/schemas/Hl7MessageList", "components": components}).validate(entries)
+    one = http.get(f"/api/hl7/messages/{entries[0]['id']}", headers=headers["admin"]).json()
+    Draft202012Validator({"$ref": "#/components/schemas/Hl7Message", "components": components}).validate(one)
+    assert one["ack_code"] == "none"
 
 
 def _name(services: Services, headers: dict[str, str]) -> str:
