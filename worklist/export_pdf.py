@@ -37,11 +37,20 @@ class _NoMissingGlyphs(logging.Filter):
 
 
 _FPDF_LOG = logging.getLogger("fpdf.output")
+_SUBSET_LOG = logging.getLogger("fontTools.subset")
+
+
+def _quiet_library_logs() -> None:
+    if not any(isinstance(f, _NoMissingGlyphs) for f in _FPDF_LOG.filters):
+        _FPDF_LOG.addFilter(_NoMissingGlyphs())
+    # fpdf2 embeds a subset of the font through fontTools, whose subsetter reports every step at
+    # INFO (about 40 lines per export, glyph names included). A level the operator set is kept.
+    if _SUBSET_LOG.level == logging.NOTSET:
+        _SUBSET_LOG.setLevel(logging.WARNING)
 
 
 def to_pdf(orders: Sequence[Order], header: BatchHeader, created_by: str) -> bytes:
-    if not any(isinstance(f, _NoMissingGlyphs) for f in _FPDF_LOG.filters):
-        _FPDF_LOG.addFilter(_NoMissingGlyphs())
+    _quiet_library_logs()
     pdf = FPDF(orientation="landscape", format="A4")
     pdf.set_title(f"Order export {header.reference}")
     pdf.set_creator("minipacs")
