@@ -45,7 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.handler is not cmd_serve and settings.log_level != "debug":
+        quiet_audit_echo()
     return int(args.handler(settings, args) or 0)
+
+
+def quiet_audit_echo() -> None:
+    """One-shot commands store their audit events (database, syslog) as the server does; the JSON
+    line each event is also logged as would only clutter the operator's terminal. The server's log
+    keeps them, and MINIPACS_LOG_LEVEL=debug shows them here too. Warnings (a failed write) still show."""
+    logging.getLogger("minipacs.audit").setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,7 @@ def in_parallel(*calls: Callable[[], subprocess.CompletedProcess[str]]) -> list[
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "minipacs.audit" not in result.stderr  # audited in the database, not echoed on the terminal
     return result.stdout
 
 

@@ -225,8 +225,9 @@ def test_command_line_export(sqlite_services: Services, tmp_path: Path) -> None:
     services.orders.create({"patient_id": "CLI-2", "patient_name": "C^D", "modality": "US"}, created_by="t")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MINIPACS_")}, **settings_env(services.settings)}
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pacs.cli", "orders", "export", *args], env=env,
+    def run(*args: str, log_level: str = "info") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pacs.cli", "orders", "export", *args],
+                              env={**env, "MINIPACS_LOG_LEVEL": log_level},
                               capture_output=True, text=True, timeout=60, check=False)
 
     out = tmp_path / "orders.csv"
@@ -236,6 +237,15 @@ def test_command_line_export(sqlite_services: Services, tmp_path: Path) -> None:
         bad = bad_run.result()
     assert done.returncode == 0, done.stderr
     assert "exported 1 orders" in done.stdout
+    assert "minipacs.audit" not in done.stderr and '"actor"' not in done.stderr  # stored, not echoed
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        verbose_run = pool.submit(run, "--format", "csv", "--ids", str(first.pk), "--force", "-o",
+                                  str(tmp_path / "verbose.csv"), log_level="debug")
+        pdf = run("--format", "pdf", "--ids", str(first.pk), "--force", "-o", str(tmp_path / "again.pdf"))
+        verbose = verbose_run.result()
+    assert pdf.returncode == 0 and verbose.returncode == 0, pdf.stderr + verbose.stderr
+    assert "fontTools" not in pdf.stderr and "minipacs.audit" not in pdf.stderr
+    assert "INFO minipacs.audit:" in verbose.stderr  # asked for: the audit lines are shown
     rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
     assert [r["patient_id"] for r in rows] == ["CLI-1"]
     again = run("--format", "hl7", "--all-new", "-o", str(tmp_path / "new.hl7"))
@@ -249,4 +259,8 @@ def test_command_line_export(sqlite_services: Services, tmp_path: Path) -> None:
     actors = {e["actor"] for e in services.audit.search(AuditFilter(action="export"))}
     assert actors and all(actor.startswith("cli:") for actor in actors)
     batches = ExportRepository(services.engine).batches()
-    assert [(b.format, b.destination, b.order_count) for b in batches] == [("hl7", "", 1), ("csv", "RIS", 1)]
+    made = [(b.format, b.destination, b.order_count) for b in batches]
+    assert made[0] == ("hl7", "", 1) and made[-1] == ("csv", "RIS", 1)
+    assert sorted(made[1:-1]) == [("csv", "", 1), ("pdf", "", 1)]  # the two forced ones, made side by side
+    exported = services.audit.search(AuditFilter(action="export", patient_id="CLI-1"))
+    assert sum(e["count"] for e in exported) == 3  # the csv, the pdf and the verbose csv
