@@ -15,6 +15,7 @@ from typing import Any
 
 from pacs.config import Settings
 from pacs.errors import PacsError
+from pacs.security.roles import Permission
 
 
 def add_commands(commands: Any) -> None:
@@ -48,7 +49,7 @@ def add_commands(commands: Any) -> None:
     create = sub.add_parser("create", help="create an API token for a user (printed once)")
     create.add_argument("username")
     create.add_argument("--label", default="", help="what the token is for")
-    create.add_argument("--scope", default="", help="comma-separated: read, store, delete, manage-users, ...")
+    create.add_argument("--scope", default="", help=f"comma-separated permissions: {', '.join(Permission)}")
     create.add_argument("--days", type=int, help="lifetime in days (default: MINIPACS_TOKEN_DAYS, 365)")
     create.set_defaults(handler=cmd_token_create)
     listing = sub.add_parser("list", help="list API tokens")

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pacs.errors import Forbidden
 from pacs.security.principal import Principal
-from pacs.security.roles import Permission
+from pacs.security.roles import ROLE_PERMISSIONS, Permission, Role
 
 
 class Operation(StrEnum):
@@ -50,8 +50,7 @@ REQUIRED: dict[Operation, Permission | None] = {
     Operation.EXPORT_ORDERS: Permission.WRITE_ORDERS,
     # Raw messages hold every patient of every sender: like the audit trail, for admins only.
     Operation.READ_HL7_LOG: Permission.READ_AUDIT,
-    # Site configuration, like the remote AEs: admins.
-    Operation.MANAGE_REFERENCE: Permission.MANAGE_AES,
+    Operation.MANAGE_REFERENCE: Permission.MANAGE_REFERENCE,
 }
 
 
@@ -61,5 +60,16 @@ def allowed(principal: Principal, operation: Operation) -> bool:
 
 
 def authorize(principal: Principal, operation: Operation) -> None:
-    if not allowed(principal, operation):
-        raise Forbidden(f"{principal.name} ({principal.role or principal.kind}) may not {operation.value}")
+    required = REQUIRED[operation]
+    if required is not None and not principal.can(required):
+        raise Forbidden(refusal(principal, required))
+
+
+def refusal(principal: Principal, required: Permission) -> str:
+    """Names the permission missing, in the words of the role table and `token create --scope`
+    (operations are internal: a caller can do nothing with their names)."""
+    who = f"{principal.name} ({principal.role or principal.kind})"
+    by_role = ROLE_PERMISSIONS[Role(principal.role)] if principal.kind == "user" else frozenset()
+    if principal.via == "bearer" and required in by_role:  # the role has it; the token's scopes left it out
+        return f"{who}: this token lacks the scope {required.value}"
+    return f"{who} lacks the permission {required.value}"

@@ -22,11 +22,14 @@ class Role(StrEnum):
 
 
 class Permission(StrEnum):
+    """What a role grants and an API token's scopes name: the same words, shown in 403 answers."""
+
     READ = "read"  # search, retrieve and export images and metadata
     STORE = "store"
     DELETE = "delete"
     MANAGE_USERS = "manage-users"
     MANAGE_AES = "manage-aes"
+    MANAGE_REFERENCE = "manage-reference"  # the modalities and body parts orders may name
     READ_AUDIT = "read-audit"
     READ_ORDERS = "read-orders"  # providers: only the orders they placed
     WRITE_ORDERS = "write-orders"

@@ -157,6 +157,50 @@ def test_access_matrix(archive: Archive, credential: str) -> None:
     assert dict(zip(ENDPOINTS, seen, strict=True)) == dict(zip(ENDPOINTS, MATRIX[credential], strict=True))
 
 
+# ---- what a 403 says -----------------------------------------------------------------------
+
+# A refusal names the permission missing, as the role table, the OpenAPI document and
+# `token create --scope` name it; never an internal operation.
+REFUSALS = [
+    ("provider", "GET", "/api/reconciliation/studies", "provider (provider) lacks the permission write-orders"),
+    ("radiologist", "GET", "/api/hl7/messages", "radiologist (radiologist) lacks the permission read-audit"),
+    ("technologist", "PUT", "/api/reference/modalities/OT",
+     "technologist (technologist) lacks the permission manage-reference"),
+    ("technologist", "GET", "/api/aes", "technologist (technologist) lacks the permission manage-aes"),
+    ("integration:store", "GET", "/dicom-web/studies", "hl7engine (integration): this token lacks the scope read"),
+    ("radiologist:read-orders", "GET", "/dicom-web/studies",
+     "radiologist (radiologist): this token lacks the scope read"),
+]
+
+
+def test_refusals_name_the_missing_permission(archive: Archive) -> None:
+    secret = archive.services.accounts.issue_token("radiologist", scopes="read-orders").secret
+    archive.credentials["radiologist:read-orders"] = _bearer(secret)
+    admin = archive.credentials["admin"]
+    for credential, method, path, message in REFUSALS:
+        answer = archive.client.request(method, path, headers=archive.credentials[credential],
+                                        json={"display_name": "Other"} if method == "PUT" else None)
+        assert (answer.status_code, answer.json()["error"]) == (403, message)
+        scope = message.rsplit(" ", 1)[1]  # a word `token create --scope` takes
+        issued = archive.client.post("/api/users/hl7engine/tokens", json={"scopes": scope}, headers=admin)
+        assert issued.status_code == 201, issued.text
+
+
+def test_openapi_permissions_are_token_scopes(archive: Archive) -> None:
+    """Every x-minipacs-permission is a scope a token may name (admins' tokens: all of them)."""
+    document = archive.client.get("/api/openapi.json").json()
+    named = {operation["x-minipacs-permission"] for methods in document["paths"].values()
+             for operation in methods.values() if operation.get("x-minipacs-permission")}
+    assert {"write-orders", "read-audit", "manage-aes", "manage-reference"} <= named
+    admin = archive.credentials["admin"]
+    issued = archive.client.post("/api/me/tokens", json={"scopes": ",".join(sorted(named))}, headers=admin)
+    assert issued.status_code == 201, issued.text
+    listed = archive.client.get("/api/users/admin/tokens", headers=admin).json()
+    assert set(next(t for t in listed if t["id"] == issued.json()["id"])["scopes"]) == named
+    reference = document["paths"]["/api/reference/modalities/{code}"]["put"]
+    assert reference["x-minipacs-permission"] == "manage-reference"
+
+
 # ---- provider scoping ----------------------------------------------------------------------
 
 
