@@ -76,8 +76,8 @@ class MppsService:
         """N-CREATE: record a new step IN PROGRESS and start its order."""
         _require(attributes, REQUIRED_AT_CREATE)
         items = attributes[SSAS].value
-        if not any(str(item.get("StudyInstanceUID", "") or "").strip() for item in items):
-            raise MissingAttributeValue(f"{SSAS} > StudyInstanceUID is required (Type 1)")
+        for item in items:  # Type 1 in every item as well, with the same two statuses
+            _require(item, ("StudyInstanceUID",), within=f"{SSAS} > ")
         status = _status(attributes)
         if status != IN_PROGRESS:
             raise InvalidAttributeValue(f"a performed procedure step is created IN PROGRESS, not {status!r}")
@@ -188,13 +188,13 @@ def _path(current: OrderStatus, target: OrderStatus) -> list[OrderStatus]:
     return list(_FORWARD[_FORWARD.index(current) + 1 : _FORWARD.index(target) + 1])
 
 
-def _require(ds: Dataset, keywords: tuple[str, ...]) -> None:
+def _require(ds: Dataset, keywords: tuple[str, ...], within: str = "") -> None:
     for keyword in keywords:
         if keyword not in ds:
-            raise MissingAttribute(f"{keyword} is required (Type 1, PS3.4 Table F.7.2-1)")
+            raise MissingAttribute(f"{within}{keyword} is required (Type 1, PS3.4 Table F.7.2-1)")
         value = ds[keyword].value
         if value is None or value == "" or (ds[keyword].VR == "SQ" and len(value) == 0):
-            raise MissingAttributeValue(f"{keyword} needs a value (Type 1, PS3.4 Table F.7.2-1)")
+            raise MissingAttributeValue(f"{within}{keyword} needs a value (Type 1, PS3.4 Table F.7.2-1)")
 
 
 def _status(ds: Dataset) -> str:

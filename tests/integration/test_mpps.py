@@ -239,9 +239,17 @@ def test_refusals_have_their_status(services: Services, listener: DicomServer, m
     order = new_order(services)
     for label, changes, expected in REFUSALS:
         assert create(mpps, creation(order, **changes))[0] == expected, label
+    # Type 1 inside the Scheduled Step Attributes item as at the top level: empty 0x0121, absent 0x0120.
+    empty_study = creation(order)
+    empty_study.ScheduledStepAttributesSequence[0].StudyInstanceUID = ""
+    assert create(mpps, empty_study)[0] == MISSING_VALUE
     no_study = creation(order)
-    no_study.ScheduledStepAttributesSequence[0].StudyInstanceUID = ""
-    assert create(mpps, no_study)[0] == MISSING_VALUE
+    del no_study.ScheduledStepAttributesSequence[0].StudyInstanceUID
+    assert create(mpps, no_study)[0] == MISSING
+    second_without = creation(order)
+    second_without.ScheduledStepAttributesSequence.append(Dataset())  # every item needs one
+    second_without.ScheduledStepAttributesSequence[1].AccessionNumber = order.accession_number
+    assert create(mpps, second_without)[0] == MISSING
     assert services.orders.get(order.pk).status == "ORDERED"  # nothing refused moved it
     status, uid = create(mpps, creation(order))
     assert status == SUCCESS
