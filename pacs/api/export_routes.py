@@ -43,13 +43,17 @@ def _pk(request: Request, name: str) -> int:
     return int(raw)
 
 
-def batch_json(batch: ExportBatch) -> dict[str, Any]:
+def batch_summary(batch: ExportBatch) -> dict[str, Any]:
+    """A batch in a list: its order count without the orders (GET /api/exports/{id} has them)."""
     return {
         "id": batch.pk, "created_at": batch.created_at.isoformat(), "created_by": batch.created_by,
         "format": batch.format, "destination": batch.destination, "order_count": batch.order_count,
         "file": f"/api/exports/{batch.pk}/file" if batch.blob_key else None,
-        "orders": [{"id": o.pk, "order_number": o.order_number} for o in batch.orders],
     }
+
+
+def batch_json(batch: ExportBatch) -> dict[str, Any]:
+    return {**batch_summary(batch), "orders": [{"id": o.pk, "order_number": o.order_number} for o in batch.orders]}
 
 
 async def create_export(request: Request) -> Response:
@@ -82,12 +86,13 @@ def parse_export_request(body: dict[str, Any]) -> ExportRequest:
 
 
 def list_exports(request: Request) -> Response:
-    """Export batches, newest first (limit, offset)."""
+    """Export batches, newest first (limit, offset), each with its order count; the orders are in
+    GET /api/exports/{id}."""
     params = request.query_params
     batches = ExportRepository(request.app.state.services.engine).batches(
         limit=min(non_negative(params.get("limit"), 100), _MAX_LIMIT), offset=non_negative(params.get("offset"), 0)
     )
-    return JSONResponse([batch_json(batch) for batch in batches])
+    return JSONResponse([batch_summary(batch) for batch in batches])
 
 
 def get_export(request: Request) -> Response:
@@ -118,7 +123,7 @@ def order_exports(request: Request) -> Response:
     order = services.orders.get(_pk(request, "order_id"), referred_by=principal_of(request).referred_by)
     request.state.audit["patient_id"] = order.patient_id
     batches = ExportRepository(services.engine).batches(order_pk=order.pk)
-    return JSONResponse([{k: v for k, v in batch_json(b).items() if k != "orders"} for b in batches])
+    return JSONResponse([batch_summary(b) for b in batches])
 
 
 TABLE: list[tuple[str, str, Operation, Endpoint]] = [

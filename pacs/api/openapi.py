@@ -52,7 +52,8 @@ DOCS: dict[tuple[str, str], Doc] = {
     ("GET", "/api/orders/{order_id}/exports"): Doc("The export batches an order was in", response="ExportBatchList"),
     ("POST", "/api/exports"): Doc("Export orders as CSV, HL7 ORM or PDF", request="ExportRequest",
                                   response="ExportBatch", status="201"),
-    ("GET", "/api/exports"): Doc("Export batches, newest first", query=_PAGING, response="ExportBatchList"),
+    ("GET", "/api/exports"): Doc("Export batches, newest first, with their order counts", query=_PAGING,
+                                 response="ExportBatchList"),
     ("GET", "/api/exports/{batch_id}"): Doc("An export batch with its orders", response="ExportBatch"),
     ("GET", "/api/exports/{batch_id}/file"): Doc("Download a batch's file (text/csv, application/hl7-v2, "
                                                  "application/pdf)", media_type="application/octet-stream"),

@@ -76,18 +76,25 @@ _ORDER_REF = {
     "properties": {"id": {"type": "integer"}, "order_number": {"type": "string"}},
     "required": ["id", "order_number"],
 }
+_BATCH_FIELDS: dict[str, Any] = {
+    "id": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"},
+    "created_by": {"type": "string"}, "format": {"enum": ["csv", "hl7", "pdf"]},
+    "destination": {"type": "string"}, "order_count": {"type": "integer"},
+    "file": {"type": ["string", "null"], "description": "where to download the file"},
+}
+# In lists (GET /api/exports, an order's exports): the count only, not the orders.
+EXPORT_BATCH_SUMMARY = {
+    "type": "object", "properties": _BATCH_FIELDS, "required": sorted(_BATCH_FIELDS), "additionalProperties": False,
+}
 EXPORT_BATCH = {
     "type": "object",
     "properties": {
-        "id": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"},
-        "created_by": {"type": "string"}, "format": {"enum": ["csv", "hl7", "pdf"]},
-        "destination": {"type": "string"}, "order_count": {"type": "integer"},
-        "file": {"type": ["string", "null"], "description": "where to download the file"},
+        **_BATCH_FIELDS,
         "orders": {"type": "array", "items": _ORDER_REF},
         "skipped": {"type": "array", "items": _ORDER_REF, "description": "already exported, left out"},
         "remaining": {"type": "boolean", "description": "more orders wait for another batch"},
     },
-    "required": ["id", "created_at", "created_by", "format", "destination", "order_count", "file"],
+    "required": [*sorted(_BATCH_FIELDS), "orders"],
 }
 
 HL7_MESSAGE = {
@@ -135,7 +142,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "StatusChange": STATUS_CHANGE,
     "ExportRequest": EXPORT_REQUEST,
     "ExportBatch": EXPORT_BATCH,
-    "ExportBatchList": {"type": "array", "items": {"$ref": "#/components/schemas/ExportBatch"}},
+    "ExportBatchSummary": EXPORT_BATCH_SUMMARY,
+    "ExportBatchList": {"type": "array", "items": {"$ref": "#/components/schemas/ExportBatchSummary"}},
     "Hl7Message": HL7_MESSAGE,
     "Hl7MessageList": {"type": "array", "items": {"$ref": "#/components/schemas/Hl7Message"}},
     "Login": {

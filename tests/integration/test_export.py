@@ -118,6 +118,8 @@ def test_exported_once_unless_forced_and_history(api: Api) -> None:
     assert [(h["id"], h["format"]) for h in history] == [(forced["id"], "hl7"), (one["id"], "csv")]
     listed = api.client.get("/api/exports?limit=2", headers=api.headers["admin"]).json()
     assert [batch["id"] for batch in listed] == [forced["id"], two["id"]]
+    # The list gives the count only, not an orders list that would contradict it.
+    assert [(batch["order_count"], "orders" in batch) for batch in listed] == [(1, False), (1, False)]
     shown = api.client.get(f"/api/exports/{two['id']}", headers=api.headers["admin"]).json()
     assert (shown["destination"], shown["orders"]) == ("RIS B", [{"id": b["id"], "order_number": b["order_number"]}])
 

@@ -69,6 +69,7 @@ def test_order_and_export_payloads_match_their_schemas(client: TestClient, servi
     schema_validator(document, "ExportBatch").validate(batch.json())
     history = client.get(f"/api/orders/{order_id}/exports", headers=headers).json()
     schema_validator(document, "ExportBatchList").validate(history)
+    schema_validator(document, "ExportBatchList").validate(client.get("/api/exports", headers=headers).json())
 
     refused = client.post("/api/orders", json={**body, "colour": "red"}, headers=headers)
     assert refused.status_code == 400
