@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from pacs.errors import DatabaseUnavailable
+from pacs.index.writer_lock import WriterLock
 
 IDLE_PING_SECONDS = 10.0
+SQLITE_BUSY_SECONDS = 30
+
+_writer_locks: WeakKeyDictionary[Engine, WriterLock] = WeakKeyDictionary()
 
 
 def open_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -51,7 +56,9 @@ def _sqlite_engine(url: str) -> Engine:
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS})
+    if path and path != ":memory:":
+        _writer_locks[engine] = WriterLock(Path(f"{path}.writer-lock"), SQLITE_BUSY_SECONDS)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -63,7 +70,7 @@ def _sqlite_engine(url: str) -> Engine:
         # FULL: a committed transaction survives power loss, as a success status promises.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
         # DICOM matching is case sensitive except for person names (normalised columns).
         cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.close()
@@ -101,6 +108,13 @@ def _joined(engine: Engine) -> Connection | None:
     return conn if conn is not None and conn.engine is engine else None
 
 
+def writer_turn(engine: Engine) -> AbstractContextManager[None]:
+    """Held around a write transaction on a SQLite file: the writers of every process take turns
+    (see writer_lock); nothing to wait for elsewhere."""
+    lock = _writer_locks.get(engine)
+    return lock.held() if lock is not None else nullcontext()
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: on SQLite it takes the write lock up front."""
@@ -109,7 +123,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         yield joined
         return
     try:
-        with engine.connect() as conn:
+        with writer_turn(engine), engine.connect() as conn:
             conn = conn.execution_options(sqlite_write=True)
             with conn.begin():
                 yield conn

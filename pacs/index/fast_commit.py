@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from pacs.errors import DatabaseUnavailable
+from pacs.index.database import writer_turn
 from pacs.index.schema import instances
 
 _FIND_SERIES = (
@@ -46,6 +47,10 @@ class FastCommit:
         instance. True when all were indexed in one committed transaction."""
         if not self.usable:
             return False
+        with writer_turn(self.engine):
+            return self._commit(rows)
+
+    def _commit(self, rows: Sequence[tuple[str, str, dict[str, Any]]]) -> bool:
         dbapi = self.engine.dialect.dbapi
         connection = self.engine.raw_connection()
         try:
