@@ -42,9 +42,8 @@ def test_the_wait_is_bounded(tmp_path: Path) -> None:
     other.start()
     assert held.wait(10)
     began = time.monotonic()
-    with pytest.raises(DatabaseUnavailable, match="no turn to write"):
-        with WriterLock(path, timeout=0.2).held():
-            pass
+    with pytest.raises(DatabaseUnavailable, match="no turn to write"), WriterLock(path, timeout=0.2).held():
+        pass
     assert time.monotonic() - began < 1.5
     other.join(10)
 
@@ -83,14 +82,13 @@ def test_threads_take_turns_and_a_holder_may_nest(tmp_path: Path) -> None:
     def write() -> None:
         nonlocal inside, most
         for _ in range(50):
-            with lock.held():
-                with lock.held():  # e.g. a transaction helper inside another: no self-deadlock
-                    with guard:
-                        inside += 1
-                        most = max(most, inside)
-                    time.sleep(0.0005)
-                    with guard:
-                        inside -= 1
+            with lock.held(), lock.held():  # e.g. a transaction helper inside another: no self-deadlock
+                with guard:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.0005)
+                with guard:
+                    inside -= 1
 
     threads = [threading.Thread(target=write) for _ in range(4)]
     for thread in threads:
