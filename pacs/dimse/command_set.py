@@ -117,8 +117,10 @@ def received_values(command_set: Any) -> list[tuple[str, Any]] | None:
             return None
         keyword, vr = known
         data = element.value
-        if not isinstance(element, RawDataElement):  # converted already (CommandField, when read)
-            if type(data) is not int and type(data) is not str:
+        if not isinstance(element, RawDataElement):  # converted already (pynetdicom reads some)
+            # A UID comes back as pydicom's UID, a str: every element of a C-STORE request
+            # but its group length is converted before this runs.
+            if not isinstance(data, int | str):
                 return None
             found.append((keyword, data))
             continue

@@ -12,7 +12,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pynetdicom.dsutils import create_file_meta
 
-from pacs.dimse import tuning
+from pacs.dimse import command_set, tuning
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, JPEG2000Lossless, "1.2.840.10008.1.2"])
@@ -312,9 +312,12 @@ def test_accepted_associations_share_the_supported_contexts_without_copying_them
     assert len(contexts) == 2 and all(a is b for a, b in zip(contexts, server.contexts, strict=True))  # ...of the same contexts
 
 
-def _received(primitive: object, *, change: tuple[bytes, bytes] | None = None) -> tuple[object, object]:
+def _received(primitive: object, *, change: tuple[bytes, bytes] | None = None,
+              read_first: bool = False) -> tuple[object, object]:
     """``primitive`` sent and received: what pynetdicom's own conversion and ours make of it;
-    ``change`` replaces bytes of the encoded command set by as many others."""
+    ``change`` replaces bytes of the encoded command set by as many others; ``read_first``
+    converts every element beforehand, as pynetdicom's decode_msg does for a C-STORE request
+    (it reads the UIDs to write the data set to a file)."""
     import io
 
     from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
@@ -334,6 +337,9 @@ def _received(primitive: object, *, change: tuple[bytes, bytes] | None = None) -
         message.command_set = decode(io.BytesIO(raw), True, True)
         message.__class__ = type(sent)
         assert message.command_set.CommandField == sent.command_set.CommandField  # read as decode_msg does
+        if read_first:
+            for element in message.command_set:
+                assert element.value is not None or element.VR
         message.data_set = getattr(primitive, "DataSet", None) or getattr(primitive, "Identifier", None)
         message.context_id = 3
         return convert(message)  # type: ignore[operator]
@@ -359,6 +365,31 @@ def test_received_command_sets_become_the_primitives_pynetdicom_makes(primitive:
     theirs, ours = _received(primitive)
     assert type(ours) is type(theirs)
     assert _parameters(ours) == _parameters(theirs)
+
+
+@pytest.mark.parametrize("primitive", _primitives(), ids=lambda p: type(p).__name__)
+def test_command_sets_read_before_conversion_take_the_same_path(primitive: object) -> None:
+    from pynetdicom.dimse_messages import DIMSEMessage
+
+    assert tuning.apply()
+    fast_path_used = []
+    original = command_set.received_values
+
+    def watched(values: object) -> object:
+        found = original(values)
+        fast_path_used.append(found is not None)
+        return found
+
+    command_set.received_values = watched  # type: ignore[assignment]
+    try:
+        _received(primitive)
+        theirs, ours = _received(primitive, read_first=True)
+    finally:
+        command_set.received_values = original  # type: ignore[assignment]
+    unread, read = fast_path_used
+    assert read == unread  # several values (an Offending Element list) go pydicom's way either way
+    assert _parameters(ours) == _parameters(theirs)
+    assert isinstance(ours, type(theirs)) and not isinstance(ours, DIMSEMessage)
 
 
 @pytest.mark.parametrize(
