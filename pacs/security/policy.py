@@ -54,15 +54,20 @@ REQUIRED: dict[Operation, Permission | None] = {
 }
 
 
-def allowed(principal: Principal, operation: Operation) -> bool:
+def missing_permission(principal: Principal, operation: Operation) -> Permission | None:
+    """The permission ``operation`` needs and ``principal`` lacks, if any."""
     required = REQUIRED[operation]
-    return required is None or principal.can(required)
+    return None if required is None or principal.can(required) else required
+
+
+def allowed(principal: Principal, operation: Operation) -> bool:
+    return missing_permission(principal, operation) is None
 
 
 def authorize(principal: Principal, operation: Operation) -> None:
-    required = REQUIRED[operation]
-    if required is not None and not principal.can(required):
-        raise Forbidden(refusal(principal, required))
+    missing = missing_permission(principal, operation)
+    if missing is not None:
+        raise Forbidden(refusal(principal, missing))
 
 
 def refusal(principal: Principal, required: Permission) -> str:
