@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,30 +24,33 @@ def _hold_for(path: str, seconds: float, held: multiprocessing.synchronize.Event
         time.sleep(seconds)
 
 
-def test_a_writer_waits_for_another_process_and_gets_its_turn_as_soon_as_released(tmp_path: Path) -> None:
-    path = tmp_path / "index.db.writer-lock"
+@contextmanager
+def _held_elsewhere(path: Path, seconds: float) -> Iterator[None]:
+    """Another process holds the lock at ``path`` for ``seconds`` from when this block starts."""
     held = FORK.Event()
-    other = FORK.Process(target=_hold_for, args=(str(path), 0.3, held))
+    other = FORK.Process(target=_hold_for, args=(str(path), seconds, held))
     other.start()
     assert held.wait(10)
-    began = time.monotonic()
-    with WriterLock(path, timeout=5).held():
-        waited = time.monotonic() - began
+    yield
     other.join(10)
+
+
+def test_a_writer_waits_for_another_process_and_gets_its_turn_as_soon_as_released(tmp_path: Path) -> None:
+    path = tmp_path / "index.db.writer-lock"
+    with _held_elsewhere(path, 0.3):
+        began = time.monotonic()
+        with WriterLock(path, timeout=5).held():
+            waited = time.monotonic() - began
     assert 0.15 < waited < 1.0
 
 
 def test_the_wait_is_bounded(tmp_path: Path) -> None:
     path = tmp_path / "index.db.writer-lock"
-    held = FORK.Event()
-    other = FORK.Process(target=_hold_for, args=(str(path), 2.0, held))
-    other.start()
-    assert held.wait(10)
-    began = time.monotonic()
-    with pytest.raises(DatabaseUnavailable, match="no turn to write"), WriterLock(path, timeout=0.2).held():
-        pass
-    assert time.monotonic() - began < 1.5
-    other.join(10)
+    with _held_elsewhere(path, 2.0):
+        began = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="no turn to write"), WriterLock(path, timeout=0.2).held():
+            pass
+        assert time.monotonic() - began < 1.5
 
 
 def _try_in_child(lock: WriterLock, result: multiprocessing.queues.Queue) -> None:  # type: ignore[type-arg]
