@@ -106,6 +106,11 @@ _UID = re.compile(rb"[0-9.]+[\x00 ]?")
 _TEXT = re.compile(rb"[!-\[\]-~][ -\[\]-~]*")
 
 
+def plain_uid(raw: bytes) -> bool:
+    """Whether a raw UI value is one UID that pydicom would read as its digits and dots."""
+    return _UID.fullmatch(raw) is not None
+
+
 def received_values(command_set: Any) -> list[tuple[str, Any]] | None:
     """(keyword, value) of each element of a received command set, read from its raw elements
     as pydicom converts them, or None when an element is of a kind this does not read (an

@@ -22,6 +22,8 @@ are replaced by equivalents that give the same results with less work:
   on. Their sleeps now wait for the work itself (a decoded message; data on the socket), still
   for at most the same time, so nothing else about the loops changes; queueing a PDU to send
   wakes the upper layer's wait at once.
+- Each received P-DATA-TF PDU was copied four times and decoded into objects before its data
+  reached the C-STORE temp file (pacs.dimse.receiving).
 - A received command set became a primitive through pydicom's conversion of each element; the
   values are read from the raw elements here (pacs.dimse.command_set.received_values).
 - Every accepted association deep-copied the listener's 193 supported presentation contexts
@@ -66,7 +68,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from pacs.dicom.fastheader import read_meta
-from pacs.dimse import command_set
+from pacs.dimse import command_set, receiving
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ def apply() -> bool:
     global _ORIGINAL_TO_PRIMITIVE
     _ORIGINAL_TO_PRIMITIVE = dimse_messages.DIMSEMessage.message_to_primitive
     dimse_messages.DIMSEMessage.message_to_primitive = message_to_primitive  # type: ignore[method-assign]
+    receiving.install()
     _applied = True
     return True
 
