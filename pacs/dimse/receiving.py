@@ -118,7 +118,7 @@ def read_pdu_data(self: Any) -> None:
         else:
             pdu, event = self._decode_pdu(bytearray(header) + body)
         self.event_queue.put(event)
-    except Exception:  # noqa: BLE001 - pynetdicom aborts on whatever its decoding raises
+    except Exception:  # pynetdicom aborts on whatever its decoding raises
         LOGGER.exception("Unable to decode the received PDU data")
         self.event_queue.put("Evt19")
         return None
