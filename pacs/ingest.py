@@ -112,6 +112,7 @@ class IngestService:
         With ``consume`` the files are moved into storage (or deleted) whatever happens."""
         reports: list[StoreReport | None] = [None] * len(paths)
         pending: list[tuple[int, ParsedInstance, Path]] = []
+        moved: set[Path] = set()  # consumed by the store: nothing left to remove
         try:
             for i, path in enumerate(paths):
                 parsed, report = self._validate(path, expected_study, announced)
@@ -121,12 +122,13 @@ class IngestService:
                     assert parsed is not None
                     pending.append((i, parsed, path))
             self._skip_known_duplicates(pending, reports)
-            written = self._write_blobs(pending, reports, consume)
+            written = self._write_blobs(pending, reports, consume, moved)
             self._commit(written, reports)
         finally:
             if consume:
                 for path in paths:
-                    _unlink(path)
+                    if path not in moved:
+                        _unlink(path)
             self._make_spares()
         return [r for r in reports if r is not None]
 
@@ -172,8 +174,10 @@ class IngestService:
             pending.remove(entry)
 
     def _write_blobs(
-        self, pending: list[tuple[int, ParsedInstance, Path]], reports: list[StoreReport | None], consume: bool
+        self, pending: list[tuple[int, ParsedInstance, Path]], reports: list[StoreReport | None], consume: bool,
+        moved: set[Path],
     ) -> list[tuple[int, NewInstance, Path]]:
+        """Each pending instance's blob; a source moved into the store is added to ``moved``."""
         written = []
         for i, parsed, path in pending:
             try:
@@ -190,9 +194,12 @@ class IngestService:
                 key = blob_key(parsed)
                 try:
                     size = self.blobs.put_file(key, source, move=move)
-                finally:
+                except BaseException:
                     if move:
                         _unlink(source)
+                    raise
+                if move:
+                    moved.add(source)  # put_file consumes what it moves (BlobStore.put_file)
                 written.append((i, NewInstance(parsed, key, size), path))
             except PacsError as exc:
                 reports[i] = _report(path, parsed, error=exc)
