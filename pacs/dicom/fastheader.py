@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
@@ -83,6 +85,7 @@ _TAG = struct.Struct("<HH")
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _UINT32 = struct.Struct("<L")
 _IMPLICIT = struct.Struct("<HHL")
+_VR_OF = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}  # explicit VR bytes -> VR
 
 
 @dataclass
@@ -158,10 +161,10 @@ class _Reader:
         while pos < size:
             if size - pos < 8:
                 raise Unsupported("a partial element header ends the data")
-            tag = self._peek_tag(pos)
-            if tag in PIXEL_TAGS:
+            group, element = _TAG.unpack_from(self.buf, pos)
+            if group << 16 | element in PIXEL_TAGS:
                 return values, vrs, json, pos, pos
-            if tag >> 16 == 0x0002 or tag >> 16 == 0xFFFE:
+            if group == 0x0002 or group == 0xFFFE:
                 raise Unsupported("meta or delimiter element inside the data set")
             tag, vr, length, pos = self._element_header(pos, creators)
             if length == _UNDEFINED:
@@ -221,15 +224,15 @@ class _Reader:
             return tag, self._implicit_vr(tag, creators), length, pos + 8
         group, element, vr_bytes, short = _EXPLICIT_SHORT.unpack_from(self.buf, pos)
         tag = group << 16 | element
-        vr = vr_bytes.decode("latin_1")
+        vr = _VR_OF.get(vr_bytes)
+        if vr is None:
+            raise Unsupported(f"unknown VR {vr_bytes.decode('latin_1')!r}")
         if vr in _LONG_VRS:
             if pos + 12 > self.size:
                 raise Unsupported("a partial element header ends the data")
             length, pos = _UINT32.unpack_from(self.buf, pos + 8)[0], pos + 12
-        elif vr in _KNOWN_VRS:
-            length, pos = short, pos + 8
         else:
-            raise Unsupported(f"unknown VR {vr!r}")
+            length, pos = short, pos + 8
         if vr == "UN":
             vr = self._explicit_un(tag, length, creators)
         return tag, vr, length, pos
@@ -336,34 +339,13 @@ class _Reader:
 
     def _value(self, tag: int, vr: str, raw: bytes) -> Any:
         """The value pydicom's converters make of ``raw`` (pydicom/values.py)."""
-        if vr in _BINARY_VRS:
-            return raw
-        if vr in _NUMBER_FORMATS:
-            return _numbers(vr, raw)
-        if vr == "AT":
-            return _tags(raw)
-        encoding = self.encoding if tag != 0x00080005 else "latin_1"
+        convert = _CONVERTERS.get(vr)
+        if convert is None:
+            raise Unsupported(f"VR {vr}")
         try:
-            if vr in _TEXT_VRS:
-                return _one_or_many([v.rstrip("\x00 ") for v in raw.decode(encoding).split("\\")])
-            if vr in _SINGLE_TEXT_VRS:
-                return raw.decode(encoding).rstrip("\x00 ")
-            if vr == "PN":
-                return _person_names(raw.rstrip(b"\x00 ").decode(encoding))
-            text = raw.decode("latin_1")
+            return convert(raw, self.encoding if tag != 0x00080005 else "latin_1")
         except UnicodeDecodeError:
             raise Unsupported("a value that does not decode in its character set") from None
-        if vr in _STRING_VRS or vr == "UI":
-            return _one_or_many(text.rstrip(" \x00").split("\\"))
-        if vr == "AE":
-            return _one_or_many([v.strip() for v in text.split("\\")])
-        if vr == "UR":
-            return text.rstrip()
-        if vr == "IS":
-            return _integer_strings(text)
-        if vr == "DS":
-            return _decimal_strings(text)
-        raise Unsupported(f"VR {vr}")
 
 
 def _private_vr(tag: int, creators: dict[int, str]) -> str:
@@ -386,7 +368,7 @@ def _one_or_many(values: list[Any]) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _numbers(vr: str, raw: bytes) -> Any:
+def _numbers(vr: str, raw: bytes, encoding: str = "") -> Any:
     size = _NUMBER_SIZES[vr]
     if len(raw) % size:
         raise Unsupported("a binary number value of the wrong length")
@@ -438,6 +420,25 @@ def _decimal_strings(text: str) -> Any:
     if not all(_DS.fullmatch(p) for p in parts):
         raise Unsupported("a DS value pydicom would convert differently")
     return _one_or_many([float(p) for p in parts])
+
+
+# VR -> (raw value, character set encoding) -> the value pydicom makes of it. Text of the
+# character-set-free VRs is Latin-1 decoded, which cannot fail.
+_CONVERTERS: dict[str, Callable[[bytes, str], Any]] = {
+    **{vr: lambda raw, encoding: raw for vr in _BINARY_VRS},
+    **{vr: partial(_numbers, vr) for vr in _NUMBER_FORMATS},
+    "AT": lambda raw, encoding: _tags(raw),
+    **{vr: lambda raw, encoding: _one_or_many([v.rstrip("\x00 ") for v in raw.decode(encoding).split("\\")])
+       for vr in _TEXT_VRS},
+    **{vr: lambda raw, encoding: raw.decode(encoding).rstrip("\x00 ") for vr in _SINGLE_TEXT_VRS},
+    "PN": lambda raw, encoding: _person_names(raw.rstrip(b"\x00 ").decode(encoding)),
+    **{vr: lambda raw, encoding: _one_or_many(raw.decode("latin_1").rstrip(" \x00").split("\\"))
+       for vr in (*_STRING_VRS, "UI")},
+    "AE": lambda raw, encoding: _one_or_many([v.strip() for v in raw.decode("latin_1").split("\\")]),
+    "UR": lambda raw, encoding: raw.decode("latin_1").rstrip(),
+    "IS": lambda raw, encoding: _integer_strings(raw.decode("latin_1")),
+    "DS": lambda raw, encoding: _decimal_strings(raw.decode("latin_1")),
+}
 
 
 def _json_element(vr: str, value: Any) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from pacs.errors import InvalidDicom
 log = logging.getLogger(__name__)
 
 BASE_URL_TOKEN = "@@BASE@@"  # replaced by the request's DICOMweb root when metadata is served
+HEAD_BYTES = 16384  # read before the rest of a file is mapped: headers are rarely longer
 BULK_INLINE_LIMIT = 1400  # base64 characters (~1 KiB): larger top-level binary values become BulkDataURIs
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD"}
@@ -69,8 +70,8 @@ class ParsedInstance:
 
 
 def inspect_instance(path: Path) -> ParsedInstance:
-    size = os.path.getsize(path)
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         if size >= 132:
             try:
                 return _inspect_fast(fh, size)
@@ -82,8 +83,7 @@ def inspect_instance(path: Path) -> ParsedInstance:
 def _inspect_fast(fh: BinaryIO, size: int) -> ParsedInstance:
     """The common case, read straight from the bytes (pacs.dicom.fastheader); Unsupported
     sends the object to the general reader, which also words every refusal."""
-    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        header = read_fast_header(buf, size, inline_limit=BULK_INLINE_LIMIT)
+    header = _read_fast(fh, size)
     values = header.values
     uids = [_fast_uid(values.get(tag)) for tag in _UID_TAGS]
     parsed = ParsedInstance(
@@ -108,6 +108,22 @@ def _inspect_fast(fh: BinaryIO, size: int) -> ParsedInstance:
         metadata[tag_hex] = {"vr": header.vrs[int(tag_hex, 16)], "BulkDataURI": f"{base}/bulk/{tag_hex}"}
     parsed.metadata = _finish_metadata(metadata, parsed, _int(values.get(0x00280100), 16))
     return parsed
+
+
+def _read_fast(fh: BinaryIO, size: int) -> FastHeader:
+    """The header from the file's first HEAD_BYTES when it ends there (nearly always: the pixel
+    data follows it), else from a map of the whole file. Reading the head costs less than
+    mapping: unmapping in a process with many threads interrupts the other cores."""
+    if size > HEAD_BYTES:
+        head = fh.read(HEAD_BYTES)
+        try:
+            header = read_fast_header(head, len(head), inline_limit=BULK_INLINE_LIMIT)
+        except Unsupported:
+            header = None  # perhaps only cut short by the head's end: the whole file decides
+        if header is not None and header.pixel_element_at is not None:
+            return header
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return read_fast_header(buf, size, inline_limit=BULK_INLINE_LIMIT)
 
 
 _UID_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)  # SOP Class, SOP Instance, Study, Series

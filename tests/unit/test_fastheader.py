@@ -234,3 +234,34 @@ def test_pixel_layout_of_an_implicit_file_is_located(tmp_path: Path) -> None:
     assert offset is not None
     assert path.read_bytes()[offset : offset + 128] == ds.PixelData[:128]
     assert struct.unpack_from("<L", path.read_bytes(), offset - 4)[0] == len(ds.PixelData)
+
+
+def test_a_header_in_the_file_s_head_is_read_without_mapping_the_file(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, make_ct(128))
+    assert path.stat().st_size > instance.HEAD_BYTES
+
+    def no_map(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole file was mapped")
+
+    monkeypatch.setattr(instance.mmap, "mmap", no_map)
+    fast, general = read_both(path)
+    assert fast is not None
+    assert_same(fast, general)
+
+
+@pytest.mark.parametrize("pixels", [True, False], ids=["long-header", "no-pixel-data"])
+def test_headers_running_past_the_head_are_read_from_the_whole_file(tmp_path: Path, pixels: bool) -> None:
+    ds = make_ct(64)
+    ds.add_new(0x00090010, "LO", "LONG HEADER")
+    ds.add_new(0x00091001, "OB", bytes(range(256)) * (instance.HEAD_BYTES // 128))  # twice the head
+    ds.ImageComments = "c" * 5000
+    if not pixels:
+        del ds.PixelData
+    path = write(tmp_path, ds)
+    assert path.stat().st_size > instance.HEAD_BYTES
+    fast, general = read_both(path)
+    assert fast is not None
+    assert_same(fast, general)
+    assert fast.metadata["00204000"]["Value"] == ["c" * 5000]  # read after the head's end
+    assert (fast.pixel_offset is not None) is pixels
