@@ -134,6 +134,7 @@ def serve_worker(settings: Settings, listeners: Listeners) -> None:
     import uvicorn
 
     from pacs.app import build_app
+    from pacs.http_accept import BalancedServer
     from pacs.services import Services
 
     _tune_process(settings)
@@ -154,7 +155,10 @@ def serve_worker(settings: Settings, listeners: Listeners) -> None:
         # uvicorn drains HTTP on SIGTERM, then re-raises the signal with the handler in place
         # before it started: make that one a clean exit, so the listeners below are stopped.
         signal.signal(signal.SIGTERM, _exit_cleanly)
-        uvicorn.Server(config).run(sockets=[listeners.http])
+        if settings.worker_count > 1:  # the other workers accept from the same socket
+            BalancedServer(config, listeners.http).run()
+        else:
+            uvicorn.Server(config).run(sockets=[listeners.http])
     except SystemExit:
         pass
     finally:

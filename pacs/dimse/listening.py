@@ -20,6 +20,11 @@ DEFER_PER_ASSOCIATION = 0.005  # seconds
 DEFER_MAX = 0.05
 
 
+def defer_seconds(busy: int) -> float:
+    """How long a worker serving ``busy`` connections waits before it accepts another."""
+    return min(busy * DEFER_PER_ASSOCIATION, DEFER_MAX)
+
+
 def serve_on(
     ae: AE, listener: socket.socket, *, evt_handlers: list[Any], ssl_context: Any = None, shared: bool = False,
 ) -> ThreadedAssociationServer:
@@ -41,7 +46,7 @@ def serve_on(
             if shared:
                 busy = starting.count + sum(1 for assoc in ae.active_associations if assoc.is_acceptor)
                 if busy:
-                    time.sleep(min(busy * DEFER_PER_ASSOCIATION, DEFER_MAX))
+                    time.sleep(defer_seconds(busy))
             # Non-blocking: a BlockingIOError here means another worker took the connection,
             # and socketserver goes back to waiting.
             return super().get_request()

@@ -122,13 +122,17 @@ def test_a_dicom_store_through_any_worker_is_indexed_once(server: Server) -> Non
 
 
 def dicom_connections_per_worker(server: Server) -> list[int]:
-    """Established connections to the DICOM port each worker holds, read from /proc."""
+    return connections_per_worker(server, server.dicom_port)
+
+
+def connections_per_worker(server: Server, port: int) -> list[int]:
+    """Established connections to ``port`` each worker holds, read from /proc."""
     held = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
-            if local_port == server.dicom_port and state == "01":  # 01: ESTABLISHED
+            if local_port == port and state == "01":  # 01: ESTABLISHED
                 held.add(f"socket:[{inode}]")
     counts = []
     for pid in sorted(children_of(server.process.pid)):
@@ -153,6 +157,22 @@ def test_associations_go_to_the_least_busy_worker(server: Server) -> None:
     finally:
         for assoc in held:
             assoc.release()
+
+
+def test_http_connections_opened_together_are_shared_between_the_workers(server: Server) -> None:
+    """Clients opening their connections at once (a STOW-RS uploader's threads) would otherwise
+    often land three to one on the worker that woke first."""
+    for _ in range(3):
+        clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(4)]
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda client: client.get("/dicom-web/studies?limit=1"), clients))
+            assert [a.status_code for a in answers] == [200] * 4
+            assert connections_per_worker(server, server.http_port) == [2, 2]
+        finally:
+            for client in clients:
+                client.close()
+        time.sleep(0.2)  # the workers see the connections closed
 
 
 def test_a_dead_worker_is_replaced(server: Server) -> None:
