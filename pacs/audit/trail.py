@@ -93,6 +93,7 @@ class AuditTrail:
         self._submitted = 0
         self._written = 0
         self._progress = threading.Condition()
+        self._hurry = threading.Event()  # set by flush(): end the batch window now
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -108,6 +109,7 @@ class AuditTrail:
             if self._written >= target:
                 return True
         self._queue.put(_WRITE_NOW)  # no need to wait out the batch window
+        self._hurry.set()
         with self._progress:
             return self._progress.wait_for(lambda: self._written >= target, timeout)
 
@@ -152,7 +154,9 @@ class AuditTrail:
             pending.clear()
 
     def _collect(self, pending: list[AuditEvent], stopping: bool) -> bool:
-        """Block for the first event, then gather what arrives within the batch window."""
+        """Block for the first event, let the batch window pass, then take what came meanwhile.
+        Waiting on the queue through the window would wake this thread once per event (a
+        cross-core wake-up for each stored instance); recording now only wakes it for the first."""
         if stopping:
             return True
         try:
@@ -165,19 +169,18 @@ class AuditTrail:
             return False
         assert isinstance(first, AuditEvent)
         pending.append(first)
-        deadline = time.monotonic() + _BATCH_SECONDS
-        while (remaining := deadline - time.monotonic()) > 0:
+        self._hurry.wait(_BATCH_SECONDS)
+        self._hurry.clear()
+        while True:
             try:
-                event = self._queue.get(timeout=remaining)
+                event = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return False
             if event is None:
                 return True
-            if event == _WRITE_NOW:
-                break
-            assert isinstance(event, AuditEvent)
-            pending.append(event)
-        return False
+            if event != _WRITE_NOW:
+                assert isinstance(event, AuditEvent)
+                pending.append(event)
 
     def _write(self, pending: list[AuditEvent]) -> None:
         folded: dict[tuple[Any, ...], AuditEvent] = {}

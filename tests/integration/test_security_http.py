@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,7 @@ from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from pacs.app import build_app
+from pacs.audit.trail import Action, AuditEvent, Outcome
 from pacs.index.accounts import utcnow
 from pacs.index.audit import AuditFilter
 from pacs.security.credentials import new_secret, secret_hash
@@ -447,6 +449,26 @@ def test_repeated_reads_fold_into_one_row(archive: Archive) -> None:
     rows = archive.audit(actor="radiologist", action="read")
     assert sum(int(r["count"]) for r in rows) == 20  # type: ignore[call-overload]
     assert len(rows) < 20
+
+
+def test_events_of_one_batch_window_are_written_together(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = archive.services.audit
+    assert trail.flush()
+    batches: list[int] = []
+    append = trail.repository.append
+
+    def counted(rows: list[dict[str, object]]) -> None:
+        batches.append(len(rows))
+        append(rows)
+
+    monkeypatch.setattr(trail.repository, "append", counted)
+    for n in range(30):  # distinct actors: nothing folds
+        trail.record(AuditEvent.of(None, "http", Action.READ, Outcome.SUCCESS, actor=f"batch-{n}"))
+    began = time.monotonic()
+    assert trail.flush(timeout=5)
+    assert time.monotonic() - began < 0.2  # flush ends the 0.25 s window at once
+    assert batches == [30]
+    assert len(archive.audit(actor="batch-7")) == 1
 
 
 def test_audit_trail_is_append_only(archive: Archive) -> None:
