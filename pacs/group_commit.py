@@ -1,16 +1,19 @@
 """Group commit: instances arriving at the same time share one index transaction.
 
 Under concurrent ingest every request would otherwise wait for the database write lock and pay
-its own commit sync. One committer thread takes everything queued, commits it as one batch
-(each instance in its own savepoint, so one refusal does not undo the others) and hands each
-caller its own results. A caller still returns only after its instances are committed.
+its own commit sync. Callers queue their instances; whoever finds no commit in flight leads:
+it takes everything queued, commits it as one batch (each instance in its own savepoint, so one
+refusal does not undo the others) and hands each caller its own results. The others wait for
+the leader, which is one of them, to finish, then either have their results or lead the next
+group. An instance stored alone is committed by the thread that stored it: no hand-over to
+another thread and back, which costs a cross-core wake-up each way.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
-from concurrent.futures import Future
+from collections import deque
+from typing import Any
 
 from pacs.index.repository import CommitResult, IndexRepository, NewInstance
 
@@ -19,68 +22,69 @@ MAX_GROUP = 128  # instances per transaction: bounds the time others wait on one
 Results = list[CommitResult | Exception]
 
 
+class _Waiting:
+    __slots__ = ("done", "error", "items", "results")
+
+    def __init__(self, items: list[NewInstance]) -> None:
+        self.items = items
+        self.results: Results = []
+        self.error: BaseException | None = None
+        self.done = False
+
+
 class GroupCommitter:
     def __init__(self, index: IndexRepository, policy: str) -> None:
         self.index = index
         self.policy = policy
-        self._queue: queue.SimpleQueue[tuple[list[NewInstance], Future[Results]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._turn = threading.Condition(threading.Lock())
+        self._waiting: deque[_Waiting] = deque()
+        self._committing = False
 
     def commit(self, items: list[NewInstance]) -> Results:
-        """Commit these instances (with whatever else is waiting); block until done."""
-        future: Future[Results] = Future()
-        self._ensure_running()
-        self._queue.put((items, future))
-        return future.result()
+        """Commit these instances (with whatever else is waiting); return once they are."""
+        mine = _Waiting(items)
+        with self._turn:
+            self._waiting.append(mine)
+        while True:
+            with self._turn:
+                while self._committing and not mine.done:
+                    self._turn.wait()
+                if mine.done:
+                    break
+                self._committing = True
+                group = self._take()
+            self._commit_group(group)
+        if mine.error is not None:
+            raise mine.error
+        return mine.results
 
     def close(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join(timeout=30)
-                self._thread = None
+        return None  # nothing runs between commits
 
-    def _ensure_running(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
+    def _take(self) -> list[_Waiting]:
+        """The oldest waiting callers, up to MAX_GROUP instances (at least one caller)."""
+        group = [self._waiting.popleft()]
+        size = len(group[0].items)
+        while self._waiting and size + len(self._waiting[0].items) <= MAX_GROUP:
+            size += len(self._waiting[0].items)
+            group.append(self._waiting.popleft())
+        return group
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            stop = self._gather(group)
-            self._commit_group(group)
-            if stop:
-                return
-
-    def _gather(self, group: list[tuple[list[NewInstance], Future[Results]]]) -> bool:
-        """Add what is already waiting, up to MAX_GROUP instances; True if asked to stop."""
-        size = len(group[0][0])
-        while size < MAX_GROUP:
-            try:
-                entry = self._queue.get_nowait()
-            except queue.Empty:
-                return False
-            if entry is None:
-                return True
-            group.append(entry)
-            size += len(entry[0])
-        return False
-
-    def _commit_group(self, group: list[tuple[list[NewInstance], Future[Results]]]) -> None:
-        items = [item for entry, _ in group for item in entry]
+    def _commit_group(self, group: list[_Waiting]) -> None:
+        items = [item for entry in group for item in entry.items]
+        outcome: Any
         try:
-            results = self.index.commit_instances(items, self.policy)
-        except BaseException as exc:  # every waiting caller learns of it, none hangs
-            for _, future in group:
-                future.set_exception(exc)
-            return
-        start = 0
-        for entry, future in group:
-            future.set_result(results[start : start + len(entry)])
-            start += len(entry)
+            outcome = self.index.commit_instances(items, self.policy)
+        except BaseException as exc:  # noqa: BLE001 - every caller in the group learns of it, none hangs
+            outcome = exc
+        with self._turn:
+            start = 0
+            for entry in group:
+                if isinstance(outcome, BaseException):
+                    entry.error = outcome
+                else:
+                    entry.results = outcome[start : start + len(entry.items)]
+                    start += len(entry.items)
+                entry.done = True
+            self._committing = False
+            self._turn.notify_all()

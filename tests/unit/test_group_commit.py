@@ -50,7 +50,7 @@ def test_concurrent_callers_share_transactions() -> None:
     try:
         for thread in threads:
             thread.start()
-        while sum(len(b) for b in index.batches) == 0 and committer._queue.qsize() < 7:
+        while sum(len(b) for b in index.batches) == 0 and len(committer._waiting) < 7:
             threading.Event().wait(0.01)  # let the others queue behind the first, held, commit
         gate.set()
         for thread in threads:
@@ -73,10 +73,45 @@ def test_a_failed_group_fails_every_caller_in_it() -> None:
         committer.close()
 
 
-def test_close_stops_the_thread_and_a_later_commit_restarts_it() -> None:
-    committer = GroupCommitter(RecordingIndex(), "keep")  # type: ignore[arg-type]
-    committer.commit(["a"])  # type: ignore[list-item]
+def test_a_lone_commit_runs_in_the_calling_thread() -> None:
+    """No hand-over to another thread and back for an instance stored alone."""
+    seen: list[threading.Thread] = []
+
+    class Watching(RecordingIndex):
+        def commit_instances(self, items: list[Any], policy: str) -> list[Any]:
+            seen.append(threading.current_thread())
+            return super().commit_instances(items, policy)
+
+    committer = GroupCommitter(Watching(), "keep")  # type: ignore[arg-type]
+    assert committer.commit(["a"]) == ["keep:a"]  # type: ignore[list-item]
+    worker = threading.Thread(target=committer.commit, args=(["b"],))
+    worker.start()
+    worker.join(5)
+    assert seen == [threading.current_thread(), worker]
     committer.close()
-    assert committer._thread is None
-    assert committer.commit(["b"]) == ["keep:b"]  # type: ignore[list-item]
-    committer.close()
+    assert committer.commit(["c"]) == ["keep:c"]  # type: ignore[list-item]
+
+
+def test_a_caller_behind_a_full_group_is_committed_in_the_next() -> None:
+    gate = threading.Event()
+    index = RecordingIndex(gate)
+    committer = GroupCommitter(index, "keep")  # type: ignore[arg-type]
+    answers: dict[str, list[Any]] = {}
+
+    def call(name: str, size: int) -> None:
+        answers[name] = committer.commit([f"{name}{k}" for k in range(size)])  # type: ignore[list-item]
+
+    first = threading.Thread(target=call, args=("a", 1))
+    first.start()
+    while not committer._committing:
+        threading.Event().wait(0.01)
+    others = [threading.Thread(target=call, args=(name, 100)) for name in ("b", "c")]
+    for queued, thread in enumerate(others, start=1):
+        thread.start()
+        while len(committer._waiting) < queued:  # b queues before c
+            threading.Event().wait(0.01)
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert [len(b) for b in index.batches] == [1, 100, 100]  # 200 would pass MAX_GROUP (128)
+    assert answers["c"] == [f"keep:c{k}" for k in range(100)]
