@@ -110,6 +110,19 @@ def _write_files(folders: list[Path], count: int, pool: list[bytes], *, seed: in
     return [s.study_uid for s in studies], size
 
 
+def read_into_cache(folders: list[Path]) -> int:
+    """Read every input file once, so storescu finds them in the page cache whichever server
+    goes first: this machine pages out memory left untouched for a while, the cached files too.
+    Returns the bytes read."""
+    total = 0
+    for folder in folders:
+        for path in sorted(folder.iterdir()):
+            with path.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    total += len(chunk)
+    return total
+
+
 # ---- C-STORE with storescu ----------------------------------------------------------------
 
 def cstore(endpoint: Endpoint, folders: list[Path], *, items: int, size: int, logs: Path) -> Throughput:

@@ -233,6 +233,7 @@ def _cstore_phases(server: Server, data: Prepared, options: Options, result: dim
     for name, folders, studies, size in (("store_1", [files.single], files.single_studies, files.single_bytes),
                                          ("store_4", files.parallel, files.parallel_studies, files.parallel_bytes)):
         _quiet(server, options)
+        dimse.read_into_cache(folders)
         say(f"{server.name}: C-STORE {files.count} instances with storescu, {len(folders)} association(s)")
         with cpu.phase(name):
             outcome = dimse.cstore(endpoint, folders, items=files.count, size=size, logs=logs)

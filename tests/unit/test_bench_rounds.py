@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from benchmarks.dimse import DimseResult
 from benchmarks.rounds import combine
 from benchmarks.runner import TargetResult
@@ -50,3 +52,14 @@ def test_cpu_is_summed_memory_is_the_worst_peak_and_nested_results_combine() -> 
 def test_one_round_is_returned_as_is() -> None:
     only = _round(5.0, [1.0], cpu=1, rss=1, move=1.0)
     assert combine([only]) is only
+
+
+def test_c_store_input_is_read_whole_before_the_clock_starts(tmp_path: Path) -> None:
+    from benchmarks import dimse
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for n, folder in enumerate(folders):
+        folder.mkdir()
+        (folder / "1.dcm").write_bytes(b"x" * (3 << 20) + bytes(n))
+        (folder / "2.dcm").write_bytes(b"y" * 10)
+    assert dimse.read_into_cache(folders) == 2 * (3 << 20) + 1 + 20
