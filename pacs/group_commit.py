@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any
 
 from pacs.index.repository import CommitResult, IndexRepository, NewInstance
 
@@ -58,9 +57,6 @@ class GroupCommitter:
             raise mine.error
         return mine.results
 
-    def close(self) -> None:
-        return None  # nothing runs between commits
-
     def _take(self) -> list[_Waiting]:
         """The oldest waiting callers, up to MAX_GROUP instances (at least one caller)."""
         group = [self._waiting.popleft()]
@@ -72,19 +68,18 @@ class GroupCommitter:
 
     def _commit_group(self, group: list[_Waiting]) -> None:
         items = [item for entry in group for item in entry.items]
-        outcome: Any
+        results: Results = []
+        error: BaseException | None = None
         try:
-            outcome = self.index.commit_instances(items, self.policy)
+            results = self.index.commit_instances(items, self.policy)
         except BaseException as exc:  # noqa: BLE001 - every caller in the group learns of it, none hangs
-            outcome = exc
+            error = exc
         with self._turn:
             start = 0
             for entry in group:
-                if isinstance(outcome, BaseException):
-                    entry.error = outcome
-                else:
-                    entry.results = outcome[start : start + len(entry.items)]
-                    start += len(entry.items)
+                entry.error = error
+                entry.results = results[start : start + len(entry.items)]
+                start += len(entry.items)
                 entry.done = True
             self._committing = False
             self._turn.notify_all()

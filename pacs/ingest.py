@@ -284,7 +284,6 @@ class IngestService:
             log.warning("could not delete unreferenced blob %s; it can be removed by hand", key)
 
     def close(self) -> None:
-        self.committer.close()
         while (spare := self.spare_temp_file()) is not None:
             os.close(spare[0])
             _unlink(spare[1])

@@ -30,11 +30,8 @@ class RecordingIndex:
 
 def test_each_caller_gets_its_own_results_in_order() -> None:
     committer = GroupCommitter(RecordingIndex(), "keep")  # type: ignore[arg-type]
-    try:
-        assert committer.commit(["a", "b"]) == ["keep:a", "keep:b"]  # type: ignore[list-item]
-        assert committer.commit(["c"]) == ["keep:c"]  # type: ignore[list-item]
-    finally:
-        committer.close()
+    assert committer.commit(["a", "b"]) == ["keep:a", "keep:b"]  # type: ignore[list-item]
+    assert committer.commit(["c"]) == ["keep:c"]  # type: ignore[list-item]
 
 
 def test_concurrent_callers_share_transactions() -> None:
@@ -47,16 +44,13 @@ def test_concurrent_callers_share_transactions() -> None:
         answers[n] = committer.commit([f"{n}-1", f"{n}-2"])  # type: ignore[list-item]
 
     threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
-    try:
-        for thread in threads:
-            thread.start()
-        while sum(len(b) for b in index.batches) == 0 and len(committer._waiting) < 7:
-            threading.Event().wait(0.01)  # let the others queue behind the first, held, commit
-        gate.set()
-        for thread in threads:
-            thread.join(10)
-    finally:
-        committer.close()
+    for thread in threads:
+        thread.start()
+    while sum(len(b) for b in index.batches) == 0 and len(committer._waiting) < 7:
+        threading.Event().wait(0.01)  # let the others queue behind the first, held, commit
+    gate.set()
+    for thread in threads:
+        thread.join(10)
     assert answers == {n: [f"keep:{n}-1", f"keep:{n}-2"] for n in range(8)}
     assert len(index.batches) < 8  # at least some callers were committed together
     assert sorted(i for b in index.batches for i in b) == sorted(f"{n}-{k}" for n in range(8) for k in (1, 2))
@@ -64,13 +58,10 @@ def test_concurrent_callers_share_transactions() -> None:
 
 def test_a_failed_group_fails_every_caller_in_it() -> None:
     committer = GroupCommitter(RecordingIndex(fail=True), "keep")  # type: ignore[arg-type]
-    try:
-        with pytest.raises(DatabaseUnavailable):
-            committer.commit(["a"])  # type: ignore[list-item]
-        with pytest.raises(DatabaseUnavailable):
-            committer.commit(["b"])  # type: ignore[list-item]
-    finally:
-        committer.close()
+    with pytest.raises(DatabaseUnavailable):
+        committer.commit(["a"])  # type: ignore[list-item]
+    with pytest.raises(DatabaseUnavailable):
+        committer.commit(["b"])  # type: ignore[list-item]
 
 
 def test_a_lone_commit_runs_in_the_calling_thread() -> None:
@@ -88,7 +79,6 @@ def test_a_lone_commit_runs_in_the_calling_thread() -> None:
     worker.start()
     worker.join(5)
     assert seen == [threading.current_thread(), worker]
-    committer.close()
     assert committer.commit(["c"]) == ["keep:c"]  # type: ignore[list-item]
 
 
