@@ -117,16 +117,22 @@ class RssSampler:
 
 def tree_cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by the trees rooted at ``pids``."""
+    user, system = tree_cpu_split(pids)
+    return user + system
+
+
+def tree_cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by the trees rooted at ``pids``."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for pid in pids:
         for member in process_tree(pid):
             try:
                 fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+                user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime (fields 14, 15)
             except (OSError, ValueError, IndexError):
                 continue
-    return total / ticks
+    return user / ticks, system / ticks
 
 
 _KERNEL_THREAD = 0x00200000  # PF_KTHREAD in the flags field of /proc/<pid>/stat
@@ -184,7 +190,8 @@ class CpuMeter:
         self.phases: dict[str, dict[str, float]] = {}
 
     def _now(self) -> tuple[float, ...]:
-        return (time.perf_counter(), tree_cpu_seconds(self.server), tree_cpu_seconds(self.helpers),
+        user, system = tree_cpu_split(self.server)
+        return (time.perf_counter(), user + system, system, tree_cpu_seconds(self.helpers),
                 time.process_time(), *foreign_cpu_seconds(self.database))
 
     @contextmanager
@@ -194,9 +201,11 @@ class CpuMeter:
             yield
         finally:
             after = self._now()
-            wall, server, helpers, client, others, database = (a - b for a, b in zip(after, before))
-            self.phases[name] = {"wall": wall, "server": server, "helpers": helpers, "client": client,
-                                 "database": database, "others": others}
+            wall, server, kernel, helpers, client, others, database = (a - b for a, b in zip(after, before))
+            # The server's kernel share: on a VM it tells whether the hypervisor had taken back
+            # the free memory a phase wrote into (see "Reading the figures" in the README).
+            self.phases[name] = {"wall": wall, "server": server, "server_kernel": kernel, "helpers": helpers,
+                                 "client": client, "database": database, "others": others}
 
 
 def wait_until_quiet(*, timeout: float, cores: int, share: float = 0.1, settle: int = 3) -> bool:

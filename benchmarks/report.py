@@ -108,6 +108,8 @@ def _cpu_row(label: str, phase: str, unit: str, m: TargetResult | None, o: Targe
         if not spent.get(unit) or not spent.get("wall"):
             return "-"
         text = _num(spent["server"] * 1000 / spent[unit], 2)
+        if "server_kernel" in spent:
+            text += f" (kernel {_num(spent['server_kernel'] * 1000 / spent[unit], 2)})"
         for key, name in (("helpers", "S3"), ("database", "PostgreSQL")):
             if spent.get(key, 0) > 0:
                 text += f" +{_num(spent[key] * 1000 / spent[unit], 2)} {name}"
