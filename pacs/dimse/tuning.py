@@ -17,11 +17,10 @@ are replaced by equivalents that give the same results with less work:
   and sent in batches, by the sending thread itself when the association is established and
   nothing is queued before them (handing each message to the upper layer's thread cost a thread
   switch each way: C-MOVE 485 to 527 instances/s), else by the upper layer's thread.
-- The association and upper-layer reactor threads poll, sleeping 1 ms whenever there was
+- The association and upper-layer reactor threads polled, sleeping 1 ms whenever there was
   nothing to do: every request waited up to a millisecond to be read and another to be handed
-  on. Their sleeps now wait for the work itself (a decoded message; data on the socket), still
-  for at most the same time, so nothing else about the loops changes; queueing a PDU to send
-  wakes the upper layer's wait at once.
+  on, and an open association woke its threads 2,000 times a second. They now wait for their
+  work itself (pacs.dimse.reactor).
 - Each received P-DATA-TF PDU was copied four times and decoded into objects before its data
   reached the C-STORE temp file (pacs.dimse.receiving).
 - A received command set became a primitive through pydicom's conversion of each element; the
@@ -38,12 +37,9 @@ from __future__ import annotations
 
 import io
 import logging
-import select
-import socket
 import ssl
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -61,14 +57,13 @@ from pynetdicom import (
     fsm,
     transport,
 )
-from pynetdicom import dul as dul_module
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from pacs.dicom.fastheader import read_meta
-from pacs.dimse import command_set, receiving
+from pacs.dimse import command_set, reactor, receiving
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +92,7 @@ def apply() -> bool:
     DIMSEServiceProvider.send_msg = send_msg_batched  # type: ignore[method-assign]
     fsm.ACTIONS["DT-1"] = (fsm.ACTIONS["DT-1"][0], _send_p_data, "Sta6")
     AssociationSocket.send = send_all  # type: ignore[method-assign]
-    association.time = _ReactorClock(association.time)  # type: ignore[assignment]
-    dul_module.time = _ReactorClock(dul_module.time)  # type: ignore[assignment]
-    dul_module.DULServiceProvider.send_pdu = _ringing(dul_module.DULServiceProvider.send_pdu)  # type: ignore[method-assign]
-    dul_module.DULServiceProvider.run_reactor = _closing_bell(dul_module.DULServiceProvider.run_reactor)  # type: ignore[method-assign]
-    association.Association.__init__ = _with_checkpoint(association.Association.__init__)  # type: ignore[method-assign]
-    association.Association._is_paused = property(_get_paused, _set_paused)  # type: ignore[assignment]
+    reactor.install()
     transport.deepcopy = _share_contexts  # type: ignore[assignment]
     global _ORIGINAL_TO_PRIMITIVE
     _ORIGINAL_TO_PRIMITIVE = dimse_messages.DIMSEMessage.message_to_primitive
@@ -142,183 +132,6 @@ def _share_contexts(contexts: list[Any]) -> list[Any]:
     gets its own list of the same contexts."""
     return list(contexts)
 
-
-class _Checkpoint:
-    """The association reactor's pause point (pynetdicom's ``_reactor_checkpoint`` Event), which
-    also knows whether the reactor is parked at it.
-
-    A thread about to send a request clears the checkpoint, then waits for ``_is_paused`` so the
-    reactor cannot take the response for itself. pynetdicom's flag is set by the reactor on its
-    way to the checkpoint and reset on its way out, so it can be seen set while the reactor
-    already runs on: it then served the response as an unexpected message and the request
-    waited out the DIMSE timeout (seen with C-FIND, and with C-STORE sub-operations of C-MOVE).
-    Here the reactor parks under a lock, and a sender is told it is paused only once the reactor
-    is parked at a closed checkpoint, where it stays until ``set``."""
-
-    def __init__(self, nudge: Callable[[], None]) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._open = True
-        self._parked = False
-        self._nudge = nudge  # wakes the reactor from its idle wait, to reach the checkpoint now
-
-    def set(self) -> None:
-        with self._cond:
-            self._open = True
-            self._cond.notify_all()
-
-    def clear(self) -> None:
-        with self._cond:
-            self._open = False
-        self._nudge()
-
-    def is_set(self) -> bool:
-        return self._open
-
-    def wait(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            if self._open:
-                return True
-            self._parked = True
-            self._cond.notify_all()
-            try:
-                return self._cond.wait_for(lambda: self._open, timeout)
-            finally:
-                self._parked = False
-
-    def holds_reactor(self, timeout: float) -> bool:
-        """True once the reactor is parked at the closed checkpoint (waiting up to ``timeout``)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._open or self._parked, timeout) and not self._open
-
-
-def _with_checkpoint(init: Callable[..., None]) -> Callable[..., None]:
-    def install(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self._reactor_checkpoint = _Checkpoint(lambda: _nudge(self))
-
-    return install
-
-
-def _nudge(assoc: Any) -> None:
-    dimse_provider = getattr(assoc, "dimse", None)
-    waiting = getattr(dimse_provider, "msg_queue", None)
-    if waiting is not None:
-        with waiting.not_empty:
-            waiting.not_empty.notify_all()
-
-
-def _get_paused(self: Any) -> bool:
-    # The reactor's own thread (running a service that sends, as C-GET does) reads its flag.
-    if threading.current_thread() is self or not isinstance(self._reactor_checkpoint, _Checkpoint):
-        return bool(self.__dict__.get("_paused_flag", False))
-    if self._kill or not self.is_alive():
-        return True
-    return self._reactor_checkpoint.holds_reactor(0.005)
-
-
-def _set_paused(self: Any, value: bool) -> None:
-    self.__dict__["_paused_flag"] = value
-
-
-_REACTOR_SLEEP = 0.001  # what pynetdicom's loops sleep when idle
-
-
-class _ReactorClock:
-    """The ``time`` module as pynetdicom's association and dul modules see it: the reactor
-    loops' idle sleep waits for their next piece of work instead; everything else is time's."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def sleep(self, seconds: float) -> None:
-        thread = threading.current_thread()
-        if isinstance(thread, association.Association) and seconds == _REACTOR_SLEEP:
-            _wait_for_message(thread, seconds)
-        elif isinstance(thread, dul_module.DULServiceProvider):
-            _wait_for_data(thread, seconds)
-        else:
-            self._real.sleep(seconds)
-
-
-def _wait_for_message(assoc: Any, seconds: float) -> None:
-    """Until the DIMSE provider has a decoded message for the association, at most ``seconds``."""
-    waiting = assoc.dimse.msg_queue
-    with waiting.not_empty:
-        if not len(waiting.queue):
-            waiting.not_empty.wait(seconds)
-        if len(waiting.queue):
-            # A put wakes one waiter; it may have been this one while another thread (a
-            # send_c_store awaiting its response) is the one that takes the message: pass it on.
-            waiting.not_empty.notify()
-
-
-def _wait_for_data(provider: Any, seconds: float) -> None:
-    """Until the peer's next bytes arrive or our side queues something to send (send_pdu rings
-    the provider's bell), at most ``seconds``; timers and the rest are looked at when the wait
-    ends, as after pynetdicom's own sleep."""
-    sock = getattr(provider.socket, "socket", None) if provider.socket is not None else None
-    if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-        time.sleep(seconds)
-        return
-    bell = _bell(provider)
-    try:
-        readable, _, _ = select.select([sock, bell[0]], [], [], seconds)
-    except (OSError, ValueError):  # closed meanwhile: the loop finds out itself
-        time.sleep(seconds)
-        return
-    if bell[0] in readable:
-        _silence(bell[0])
-
-
-def _bell(provider: Any) -> tuple[socket.socket, socket.socket]:
-    """The provider's wake-up pair (read end, write end), made by its reactor thread on its first
-    wait and closed when the reactor ends (see _closing_bell)."""
-    bell = provider.__dict__.get("_bell")
-    if bell is None:
-        bell = socket.socketpair()
-        for end in bell:
-            end.setblocking(False)
-        provider._bell = bell
-    return bell
-
-
-def _silence(read_end: socket.socket) -> None:
-    try:
-        while read_end.recv(4096):
-            pass
-    except OSError:  # drained (BlockingIOError) or closed
-        pass
-
-
-def _ringing(send_pdu: Callable[..., None]) -> Callable[..., None]:
-    """DULServiceProvider.send_pdu that wakes the reactor waiting in _wait_for_data: a response
-    goes out as soon as it is queued, not when the reactor next looks."""
-
-    def send(self: Any, primitive: Any) -> None:
-        send_pdu(self, primitive)
-        bell = self.__dict__.get("_bell")
-        if bell is not None and threading.current_thread() is not self:
-            try:
-                bell[1].send(b"\0")
-            except OSError:  # already ringing (buffer full), or the reactor ended meanwhile
-                pass
-
-    return send
-
-
-def _closing_bell(run_reactor: Callable[..., None]) -> Callable[..., None]:
-    def run(self: Any) -> None:
-        try:
-            run_reactor(self)
-        finally:
-            bell = self.__dict__.pop("_bell", None)
-            for end in bell or ():
-                end.close()
-
-    return run
 
 
 _BATCH_BYTES = 1 << 20  # encoded PDUs handed to the upper layer at a time

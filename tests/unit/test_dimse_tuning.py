@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import threading
-import time
 
 import pytest
 from pydicom.filewriter import write_file_meta_info
@@ -175,114 +174,6 @@ def test_batched_messages_are_byte_for_byte_pynetdicom_s(primitive: object, max_
         return bytes(sink.sent)
 
     assert sent_by(tuning.send_msg_batched) == sent_by(tuning._ORIGINAL_SEND_MSG)
-
-
-def test_reactor_waits_end_as_soon_as_there_is_work() -> None:
-    """The replaced idle sleeps return when work arrives (and at the latest when the sleep
-    would have ended): a queued message, bytes on the socket."""
-    import queue
-    from types import SimpleNamespace
-
-    pending: queue.Queue[object] = queue.Queue()
-    assoc = SimpleNamespace(dimse=SimpleNamespace(msg_queue=pending))
-    threading.Timer(0.05, pending.put, args=("message",)).start()
-    began = time.monotonic()
-    tuning._wait_for_message(assoc, 5.0)
-    assert time.monotonic() - began < 2.0 and pending.get_nowait() == "message"
-
-    left, right = socket.socketpair()
-    try:
-        provider = SimpleNamespace(socket=SimpleNamespace(socket=left))
-        threading.Timer(0.05, right.send, args=(b"x",)).start()
-        began = time.monotonic()
-        tuning._wait_for_data(provider, 5.0)
-        assert time.monotonic() - began < 2.0
-        assert left.recv(1) == b"x"
-
-        # Our side queueing a PDU (another thread's send_pdu) ends the wait as well.
-        queued: list[object] = []
-        send_pdu = tuning._ringing(lambda self, primitive: queued.append(primitive))
-        tuning._wait_for_data(provider, 0.001)  # the first wait sets up the bell
-        threading.Timer(0.05, send_pdu, args=(provider, "P-DATA")).start()
-        began = time.monotonic()
-        tuning._wait_for_data(provider, 5.0)
-        assert time.monotonic() - began < 2.0 and queued == ["P-DATA"]
-        began = time.monotonic()
-        tuning._wait_for_data(provider, 0.2)  # the ring was answered once, not left ringing
-        assert time.monotonic() - began >= 0.15
-    finally:
-        left.close()
-        right.close()
-        for end in getattr(provider, "_bell", ()):
-            end.close()
-
-
-def test_a_reactor_wait_never_keeps_a_message_from_its_taker() -> None:
-    """The association reactor waits on the message queue while a sub-operation (C-MOVE's
-    send_c_store) blocks in get() on the same queue: the wake-up of a put must reach the getter."""
-    import queue
-    from types import SimpleNamespace
-
-    for _ in range(50):
-        pending: queue.Queue[object] = queue.Queue()
-        assoc = SimpleNamespace(dimse=SimpleNamespace(msg_queue=pending))
-        reactor = threading.Thread(target=tuning._wait_for_message, args=(assoc, 5.0))
-        reactor.start()
-        got: list[object] = []
-
-        def take(into: list[object] = got, source: queue.Queue[object] = pending) -> None:
-            into.append(source.get(timeout=5.0))
-
-        taker = threading.Thread(target=take)
-        taker.start()
-        time.sleep(0.01)  # both are waiting now
-        began = time.monotonic()
-        pending.put("response")
-        taker.join()
-        assert got == ["response"] and time.monotonic() - began < 2.0
-        reactor.join()
-
-
-def test_a_sender_is_told_the_reactor_paused_only_once_it_is_parked() -> None:
-    """A reactor that went through the open checkpoint just before a sender closed it runs on,
-    and may take the sender's response for itself: the sender must wait for it to come back
-    and park (pynetdicom's own flag said "paused" as soon as the reactor reached the checkpoint)."""
-    nudged: list[bool] = []
-    checkpoint = tuning._Checkpoint(lambda: nudged.append(True))
-    assert checkpoint.wait(1.0)  # open: the reactor goes through
-    checkpoint.clear()
-    assert nudged == [True]  # the reactor is woken from its idle wait to come back now
-    assert not checkpoint.holds_reactor(0.05)  # it went through before the clear: not parked
-
-    parked = threading.Event()
-
-    def reactor() -> None:
-        parked.set()
-        checkpoint.wait()  # closed: stays here until set()
-
-    thread = threading.Thread(target=reactor)
-    thread.start()
-    assert parked.wait(5.0)
-    assert checkpoint.holds_reactor(5.0)
-    assert thread.is_alive()
-    checkpoint.set()
-    thread.join(5.0)
-    assert not thread.is_alive()
-    assert not checkpoint.holds_reactor(0.01)  # open again: nothing is held
-
-
-def test_associations_pause_their_reactor_through_the_checkpoint() -> None:
-    """Installed on every association: a request from another thread waits for the parked
-    reactor, while the reactor's own thread (a C-GET service sending) keeps pynetdicom's flag."""
-    from pynetdicom import AE, association
-
-    assert tuning.apply()
-    assoc = association.Association(AE(), "requestor")
-    assert isinstance(assoc._reactor_checkpoint, tuning._Checkpoint)
-    assoc._is_paused = False
-    assert assoc._is_paused  # not running: nothing to race with
-    assoc._kill = True
-    assert assoc._is_paused
 
 
 def test_accepted_associations_share_the_supported_contexts_without_copying_them() -> None:
