@@ -77,6 +77,8 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                         "throughputs are the median round, latencies pooled over the rounds (default 1)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each measured phase, wait up to this long for other processes to go idle")
+    p.add_argument("--keep-page-cache", action="store_true",
+                   help="do not drop the page cache before each ingest phase (STOW-RS, C-STORE); see the README")
     p.add_argument("--json", metavar="PATH", help="also write every raw figure to this JSON file")
     return p
 
@@ -92,7 +94,8 @@ def options_from(args: argparse.Namespace) -> Options:
             render.warm, render.cold, render.budget = 20, 10, 30.0
     return Options(pick("instances"), pick("studies"), pick("series_size"), args.queries, args.metadata_runs,
                    args.wado_runs, args.big_frames if args.big and not only else 0, args.wait_quiet,
-                   dimse=args.dimse or args.dimse_only, dicomweb=not only, render=render)
+                   dimse=args.dimse or args.dimse_only, dicomweb=not only, render=render,
+                   drop_cache=not args.keep_page_cache)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks") -> int:
@@ -159,6 +162,13 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
         Path(args.json).write_text(json.dumps({"environment": env, "options": asdict(options),
                                                "runs": raw}, indent=2, default=str))
     return 1 if failed else 0
+
+
+def _ingest_note(options: Options) -> list[str]:
+    if not options.drop_cache:
+        return ["the page cache was left as it was before the ingest phases (--keep-page-cache)"]
+    return [("before each ingest phase (STOW-RS, C-STORE) the page cache was dropped, so that both servers "
+             "write into memory the machine holds (see \"Reading the figures\" in benchmarks/README.md)")]
 
 
 def _rounds_note(args: argparse.Namespace) -> list[str]:
@@ -249,6 +259,7 @@ def _section(backend: str, results: dict[str, TargetResult], options: Options, a
     notes = [f"{r.server.name}: {r.server.description}" for r in results.values()]
     notes += [note for r in results.values() for note in r.server.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency and memory: lower is better)")
+    notes += _ingest_note(options)
     notes += _rounds_note(args)
     passed, failed = report.tally(rows)
     title = _pair_title(backend, args)
@@ -280,6 +291,7 @@ def _dimse_section(backend: str, results: dict[str, TargetResult], options: Opti
     ]
     notes += [note for r in results.values() if r.dimse for note in r.dimse.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency: lower is better)")
+    notes += _ingest_note(options)
     notes += _rounds_note(args)
     passed, failed = report.tally(rows)
     notes.append(f"targets: {passed} PASS, {failed} FAIL")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks import dicomgen, dimse, rendering, workloads
 from benchmarks.dicomgen import Study
-from benchmarks.memory import CpuMeter, RssSampler, wait_until_quiet
+from benchmarks.memory import CpuMeter, RssSampler, drop_page_cache, wait_until_quiet
 from benchmarks.servers import Server, temp_folder
 from benchmarks.workloads import Latency, Throughput
 
@@ -37,6 +37,7 @@ class Options:
     dimse: bool = False  # also the DIMSE figures (C-STORE, C-FIND, C-MOVE, C-GET)
     dicomweb: bool = True  # the DICOMweb figures (off with --dimse-only and --pixels-only)
     render: rendering.RenderSizes | None = None  # the rendering figures (with --pixels), run last
+    drop_cache: bool = True  # drop the page cache before each ingest phase (see _fresh_memory)
 
 
 @dataclass
@@ -208,10 +209,12 @@ def run_target(server: Server, data: Prepared, options: Options) -> TargetResult
 def _stow_phases(server: Server, data: Prepared, options: Options, result: TargetResult, cpu: CpuMeter) -> None:
     url = server.dicomweb_url
     _quiet(server, options)
+    _fresh_memory(server, options)
     say(f"{server.name}: STOW-RS {len(data.stow_single)} instances, 1 client")
     with cpu.phase("stow_1"):
         result.stow_1 = workloads.stow(url, data.stow_single, 1)
     _quiet(server, options)
+    _fresh_memory(server, options)
     say(f"{server.name}: STOW-RS {len(data.stow_multi)} instances, 4 clients")
     with cpu.phase("stow_4"):
         result.stow_4 = workloads.stow(url, data.stow_multi, 4)
@@ -233,6 +236,7 @@ def _cstore_phases(server: Server, data: Prepared, options: Options, result: dim
     for name, folders, studies, size in (("store_1", [files.single], files.single_studies, files.single_bytes),
                                          ("store_4", files.parallel, files.parallel_studies, files.parallel_bytes)):
         _quiet(server, options)
+        _fresh_memory(server, options)
         dimse.read_into_cache(folders)
         say(f"{server.name}: C-STORE {files.count} instances with storescu, {len(folders)} association(s)")
         with cpu.phase(name):
@@ -289,6 +293,18 @@ def _read_phases(server: Server, data: Prepared, options: Options, result: Targe
     _quiet(server, options)
     with cpu.phase("metadata"):
         result.metadata = workloads.series_metadata(url, data.series_study, data.series_uid, runs=options.metadata_runs)
+
+
+def _fresh_memory(server: Server, options: Options) -> None:
+    """Before an ingest phase: drop the page cache, so that each server's phase writes into memory
+    the machine holds. Left as it is, the page cache grows into memory a virtual machine's
+    hypervisor may have taken back, where each first write costs about ten times more, and which
+    server meets that depends on the order of the run (see "Reading the figures" in the README)."""
+    if not options.drop_cache:
+        return
+    if not drop_page_cache() and not any("page cache" in note for note in server.notes):
+        server.notes.append("the page cache could not be dropped before the ingest phases (that needs root): "
+                            "their figures depend on the order the servers ran in")
 
 
 def _quiet(server: Server, options: Options) -> None:
