@@ -58,7 +58,7 @@ def _sqlite_engine(url: str) -> Engine:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS})
     if path and path != ":memory:":
-        _writer_locks[engine] = WriterLock(Path(f"{path}.writer-lock"), SQLITE_BUSY_SECONDS)
+        _writer_locks[engine] = WriterLock(Path(f"{path}.writer-lock"), SQLITE_BUSY_SECONDS, Path(f"{path}-wal"))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -67,8 +67,10 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed transaction survives power loss, as a success status promises.
-        cursor.execute("PRAGMA synchronous=FULL")
+        # A committed transaction must survive power loss, as a success status promises. With
+        # NORMAL, SQLite does not sync the WAL at each commit: on a database file, the writer syncs
+        # it after its turn, before returning (writer_lock); in memory there is nothing to sync.
+        cursor.execute("PRAGMA synchronous=NORMAL" if path and path != ":memory:" else "PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
         # DICOM matching is case sensitive except for person names (normalised columns).
@@ -106,6 +108,14 @@ def unit_of_work(engine: Engine) -> Iterator[Connection]:
 def _joined(engine: Engine) -> Connection | None:
     conn = _unit.get()
     return conn if conn is not None and conn.engine is engine else None
+
+
+def make_durable(engine: Engine) -> None:
+    """Sync what any writer has committed so far (on SQLite; PostgreSQL commits durably): for a
+    reader about to report as stored something another writer may have committed a moment ago."""
+    lock = _writer_locks.get(engine)
+    if lock is not None:
+        lock.sync()
 
 
 def writer_turn(engine: Engine) -> AbstractContextManager[None]:

@@ -17,7 +17,7 @@ from pacs.dicom.frames import Layout
 from pacs.dicom.instance import ParsedInstance
 from pacs.dicom.query import Query
 from pacs.errors import DuplicateInstance, NotFound, StudyMismatch
-from pacs.index.database import read_transaction, write_transaction
+from pacs.index.database import make_durable, read_transaction, write_transaction
 from pacs.index.fast_commit import FastCommit
 from pacs.index.schema import instances, patients, series, studies
 from pacs.index.search import compile_query, run_query, visible_studies
@@ -72,7 +72,10 @@ class IndexRepository:
                     instances.c.sop_instance_uid, studies.c.study_instance_uid, series.c.series_instance_uid
                 ).where(instances.c.sop_instance_uid.in_(uids))
             )
-            return {r[0]: (r[1], r[2]) for r in rows}
+            found = {r[0]: (r[1], r[2]) for r in rows}
+        if found:
+            make_durable(self.engine)  # reported as stored: what another writer just committed must be on disk
+        return found
 
     def commit_instances(self, items: list[NewInstance], policy: str) -> list[CommitResult | Exception]:
         """Index a batch in one transaction. Returns, per item, its result or the error that

@@ -102,3 +102,71 @@ def test_threads_take_turns_and_a_holder_may_nest(tmp_path: Path) -> None:
         thread.join(30)
     assert most == 1
     assert os.path.exists(tmp_path / "index.db.writer-lock")
+
+
+def test_the_log_is_synced_after_the_turn_is_handed_on_and_before_the_writer_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit is durable before its writer's caller hears of it, and the next writer does
+    not wait for that sync: when the log is synced, the lock file is free for another taker."""
+    import fcntl
+
+    path, wal = tmp_path / "index.db.writer-lock", tmp_path / "index.db-wal"
+    wal.write_bytes(b"frames")
+    lock = WriterLock(path, timeout=5, wal=wal)
+    synced: list[tuple[int, bool]] = []
+    real_fdatasync = os.fdatasync
+
+    def watched(fd: int) -> None:
+        probe = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while the writer holds its turn
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            free = True
+        except BlockingIOError:
+            free = False
+        finally:
+            os.close(probe)
+        synced.append((os.fstat(fd).st_ino, free))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", watched)
+    with lock.held():
+        with lock.held():  # a nested turn syncs nothing of its own
+            pass
+        assert synced == []
+    assert synced == [(wal.stat().st_ino, True)]
+
+    wal.unlink()  # checkpointed into the database and removed: nothing left to sync
+    with lock.held():
+        pass
+    assert len(synced) == 1
+
+
+def test_sqlite_defers_the_commit_sync_to_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write transaction on a database file ends with one sync of its log, by the writer."""
+    from sqlalchemy import text
+
+    from pacs.index.database import make_durable, open_engine, write_transaction
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        with write_transaction(engine) as conn:
+            conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        synced: list[str] = []
+        real_fdatasync = os.fdatasync
+
+        def watched(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fdatasync(fd)
+
+        monkeypatch.setattr(os, "fdatasync", watched)
+        with write_transaction(engine) as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+        assert [Path(p).name for p in synced] == ["index.db-wal"]
+        make_durable(engine)  # a reader about to report what others committed
+        assert len(synced) == 2
+    finally:
+        engine.dispose()
