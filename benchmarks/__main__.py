@@ -49,7 +49,8 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p.add_argument("--series-size", type=int, help="instances in the WADO-RS / metadata series (default 300)")
     p.add_argument("--queries", type=int, default=50, help="requests per QIDO-RS search kind (default 50)")
     p.add_argument("--metadata-runs", type=int, default=20, help="series metadata requests (default 20)")
-    p.add_argument("--wado-runs", type=int, default=3, help="whole-series retrievals; the median is kept (default 3)")
+    p.add_argument("--wado-runs", type=int, default=9,
+                   help="whole-series retrievals (WADO-RS, C-MOVE, C-GET); the median is kept (default 9)")
     p.add_argument("--quick", action="store_true", help="smoke-run sizes: 100 instances, 500 studies, 50-instance series")
     p.add_argument("--big", action="store_true", help="also send one ~2 GB multi-frame instance (needs ~6 GB disk)")
     p.add_argument("--big-frames", type=int, default=1000, help="frames of 1024x1024x16 bit in the --big instance")
