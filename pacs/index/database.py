@@ -54,10 +54,11 @@ def _ping_idle_connections(engine: Engine) -> None:
 
 def _sqlite_engine(url: str) -> Engine:
     path = url.split("///", 1)[-1]
-    if path and path != ":memory:":
+    on_disk = bool(path) and path != ":memory:"
+    if on_disk:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS})
-    if path and path != ":memory:":
+    if on_disk:
         _writer_locks[engine] = WriterLock(Path(f"{path}.writer-lock"), SQLITE_BUSY_SECONDS, Path(f"{path}-wal"))
 
     @event.listens_for(engine, "connect")
@@ -70,7 +71,7 @@ def _sqlite_engine(url: str) -> Engine:
         # A committed transaction must survive power loss, as a success status promises. With
         # NORMAL, SQLite does not sync the WAL at each commit: on a database file, the writer syncs
         # it after its turn, before returning (writer_lock); in memory there is nothing to sync.
-        cursor.execute("PRAGMA synchronous=NORMAL" if path and path != ":memory:" else "PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA synchronous=NORMAL" if on_disk else "PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
         # DICOM matching is case sensitive except for person names (normalised columns).
