@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import dimse, rendering, report, rounds
-from benchmarks.runner import Options, TargetResult, prepare, run_target, say
+from benchmarks.runner import PAGE_CACHE_KEPT, Options, TargetResult, prepare, run_target, say
 from benchmarks.servers import (
     Server,
     free_port,
@@ -165,9 +165,11 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
     return 1 if failed else 0
 
 
-def _ingest_note(options: Options) -> list[str]:
+def _ingest_note(options: Options, results: dict[str, TargetResult]) -> list[str]:
     if not options.drop_cache:
         return ["the page cache was left as it was before the ingest phases (--keep-page-cache)"]
+    if any(PAGE_CACHE_KEPT in r.server.notes for r in results.values()):
+        return []  # that server note says so
     return [("before each ingest phase (STOW-RS, C-STORE) the page cache was dropped, so that both servers "
              "write into memory the machine holds (see \"Reading the figures\" in benchmarks/README.md)")]
 
@@ -260,7 +262,7 @@ def _section(backend: str, results: dict[str, TargetResult], options: Options, a
     notes = [f"{r.server.name}: {r.server.description}" for r in results.values()]
     notes += [note for r in results.values() for note in r.server.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency and memory: lower is better)")
-    notes += _ingest_note(options)
+    notes += _ingest_note(options, results)
     notes += _rounds_note(args)
     passed, failed = report.tally(rows)
     title = _pair_title(backend, args)
@@ -292,7 +294,7 @@ def _dimse_section(backend: str, results: dict[str, TargetResult], options: Opti
     ]
     notes += [note for r in results.values() if r.dimse for note in r.dimse.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency: lower is better)")
-    notes += _ingest_note(options)
+    notes += _ingest_note(options, results)
     notes += _rounds_note(args)
     passed, failed = report.tally(rows)
     notes.append(f"targets: {passed} PASS, {failed} FAIL")

@@ -295,6 +295,10 @@ def _read_phases(server: Server, data: Prepared, options: Options, result: Targe
         result.metadata = workloads.series_metadata(url, data.series_study, data.series_uid, runs=options.metadata_runs)
 
 
+PAGE_CACHE_KEPT = ("the page cache could not be dropped before the ingest phases (that needs root): "
+                   "their figures depend on the order the servers ran in")
+
+
 def _fresh_memory(server: Server, options: Options) -> None:
     """Before an ingest phase: drop the page cache, so that each server's phase writes into memory
     the machine holds. Left as it is, the page cache grows into memory a virtual machine's
@@ -302,9 +306,8 @@ def _fresh_memory(server: Server, options: Options) -> None:
     server meets that depends on the order of the run (see "Reading the figures" in the README)."""
     if not options.drop_cache:
         return
-    if not drop_page_cache() and not any("page cache" in note for note in server.notes):
-        server.notes.append("the page cache could not be dropped before the ingest phases (that needs root): "
-                            "their figures depend on the order the servers ran in")
+    if not drop_page_cache() and PAGE_CACHE_KEPT not in server.notes:
+        server.notes.append(PAGE_CACHE_KEPT)
 
 
 def _quiet(server: Server, options: Options) -> None:
