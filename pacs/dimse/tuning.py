@@ -21,6 +21,8 @@ are replaced by equivalents that give the same results with less work:
   nothing to do: every request waited up to a millisecond to be read and another to be handed
   on, and an open association woke its threads 2,000 times a second. They now wait for their
   work itself (pacs.dimse.reactor).
+- A requestor whose peer answered (rejected) before it looked at the connection reported a
+  connection that failed (pacs.dimse.requesting).
 - Each received P-DATA-TF PDU was copied four times and decoded into objects before its data
   reached the C-STORE temp file (pacs.dimse.receiving).
 - A received command set became a primitive through pydicom's conversion of each element; the
@@ -63,7 +65,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from pacs.dicom.fastheader import read_meta
-from pacs.dimse import command_set, reactor, receiving
+from pacs.dimse import command_set, reactor, receiving, requesting
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ def apply() -> bool:
     fsm.ACTIONS["DT-1"] = (fsm.ACTIONS["DT-1"][0], _send_p_data, "Sta6")
     AssociationSocket.send = send_all  # type: ignore[method-assign]
     reactor.install()
+    requesting.install()
     transport.deepcopy = _share_contexts  # type: ignore[assignment]
     global _ORIGINAL_TO_PRIMITIVE
     _ORIGINAL_TO_PRIMITIVE = dimse_messages.DIMSEMessage.message_to_primitive
