@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +32,7 @@ from benchmarks.servers import (
     running_orthanc,
     temp_folder,
 )
+from benchmarks.workloads import Throughput
 
 QUICK = {"instances": 100, "studies": 500, "series_size": 50, "render_frames": 100}
 FULL = {"instances": 1000, "studies": 10_000, "series_size": 300, "render_frames": 1000}
@@ -156,7 +157,7 @@ def _run(args: argparse.Namespace, options: Options, overrides: dict[str, Any]) 
             results = {t: rounds.combine(r) for t, r in measured.items()}
             raw.append({"backend": backend, "results": {t: _raw(r) for t, r in results.items()},
                         "rounds": [{t: _raw(r[i]) for t, r in measured.items()} for i in range(args.rounds)]})
-            for section, fails in _sections(backend, results, options, args):
+            for section, fails in _sections(backend, results, options, args, measured):
                 failed += fails
                 print(section, flush=True)
     if args.json:
@@ -174,13 +175,32 @@ def _ingest_note(options: Options, results: dict[str, TargetResult]) -> list[str
              "write into memory the machine holds (see \"Reading the figures\" in benchmarks/README.md)")]
 
 
-def _rounds_note(args: argparse.Namespace) -> list[str]:
+# The throughput figures whose ratio to Orthanc's is given round by round (see _rounds_note).
+DICOMWEB_ROUND_FIGURES: dict[str, Callable[[TargetResult], Throughput | None]] = {
+    "STOW-RS 1 client": lambda r: r.stow_1,
+    "STOW-RS 4 clients": lambda r: r.stow_4,
+    "WADO-RS": lambda r: r.wado,
+}
+DIMSE_ROUND_FIGURES: dict[str, Callable[[TargetResult], Throughput | None]] = {
+    "C-STORE 1 association": lambda r: r.dimse.store_1 if r.dimse else None,
+    f"C-STORE {dimse.PARALLEL} associations": lambda r: r.dimse.store_4 if r.dimse else None,
+    "C-MOVE": lambda r: r.dimse.move if r.dimse else None,
+    "C-GET": lambda r: r.dimse.get if r.dimse else None,
+}
+
+
+def _rounds_note(args: argparse.Namespace, measured: dict[str, list[TargetResult]],
+                 figures: dict[str, Callable[[TargetResult], Throughput | None]]) -> list[str]:
     if args.rounds == 1:
         return []
-    note = (f"{args.rounds} rounds, each server started fresh in each, alternating which went first: throughput "
-            "from the median round's time, latency percentiles over the samples of every round, CPU per unit "
-            "the mean, memory the highest peak")
-    return [note]
+    notes = [(f"{args.rounds} rounds, each server started fresh in each, alternating which went first: throughput "
+              "from the median round's time, latency percentiles over the samples of every round, CPU per unit "
+              "the mean, memory the highest peak")]
+    if "minipacs" in measured and "orthanc" in measured:
+        spread = rounds.per_round_ratios(measured["minipacs"], measured["orthanc"], figures)
+        if spread:
+            notes.append(f"ratio in each round, in order: {spread}")
+    return notes
 
 
 def _round_label(index: int, total: int) -> str:
@@ -239,14 +259,14 @@ class _external(AbstractContextManager[Server]):
 
 
 def _sections(backend: str, results: dict[str, TargetResult], options: Options,
-              args: argparse.Namespace) -> list[tuple[str, int]]:
+              args: argparse.Namespace, measured: dict[str, list[TargetResult]]) -> list[tuple[str, int]]:
     sections = []
     if options.dicomweb:
-        sections.append(_section(backend, results, options, args))
+        sections.append(_section(backend, results, options, args, measured))
     if options.dimse:
-        sections.append(_dimse_section(backend, results, options, args))
+        sections.append(_dimse_section(backend, results, options, args, measured))
     if options.render:
-        sections.append(_render_section(backend, results, options, args))
+        sections.append(_render_section(backend, results, options, args, measured))
     return sections
 
 
@@ -254,7 +274,8 @@ def _pair_title(backend: str, args: argparse.Namespace) -> str:
     return {"sqlite": "sqlite pair", "postgres": "postgres pair", "external": f"server at {args.url}"}[backend]
 
 
-def _section(backend: str, results: dict[str, TargetResult], options: Options, args: argparse.Namespace) -> tuple[str, int]:
+def _section(backend: str, results: dict[str, TargetResult], options: Options, args: argparse.Namespace,
+             measured: dict[str, list[TargetResult]]) -> tuple[str, int]:
     mine = results.get("minipacs") or results.get("external")
     theirs = results.get("orthanc")
     rows = report.build_rows(mine, theirs, options.studies)
@@ -263,7 +284,7 @@ def _section(backend: str, results: dict[str, TargetResult], options: Options, a
     notes += [note for r in results.values() for note in r.server.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency and memory: lower is better)")
     notes += _ingest_note(options, results)
-    notes += _rounds_note(args)
+    notes += _rounds_note(args, measured, DICOMWEB_ROUND_FIGURES)
     passed, failed = report.tally(rows)
     title = _pair_title(backend, args)
     title += f" ({options.instances} instances, {options.studies:,} studies, {options.series_size}-instance series)"
@@ -272,7 +293,7 @@ def _section(backend: str, results: dict[str, TargetResult], options: Options, a
 
 
 def _dimse_section(backend: str, results: dict[str, TargetResult], options: Options,
-                   args: argparse.Namespace) -> tuple[str, int]:
+                   args: argparse.Namespace, measured: dict[str, list[TargetResult]]) -> tuple[str, int]:
     mine, theirs = results.get("minipacs"), results.get("orthanc")
     rows = report.build_dimse_rows(mine, theirs, options.studies, options.series_size)
     notes = [f"{r.server.name}: {r.server.description}" for r in results.values()]
@@ -295,7 +316,7 @@ def _dimse_section(backend: str, results: dict[str, TargetResult], options: Opti
     notes += [note for r in results.values() if r.dimse for note in r.dimse.notes]
     notes.append("ratio = minipacs / Orthanc (throughput: higher is better; latency: lower is better)")
     notes += _ingest_note(options, results)
-    notes += _rounds_note(args)
+    notes += _rounds_note(args, measured, DIMSE_ROUND_FIGURES)
     passed, failed = report.tally(rows)
     notes.append(f"targets: {passed} PASS, {failed} FAIL")
     title = (f"{_pair_title(backend, args)}, DIMSE ({options.instances} instances per "
@@ -305,7 +326,7 @@ def _dimse_section(backend: str, results: dict[str, TargetResult], options: Opti
 
 
 def _render_section(backend: str, results: dict[str, TargetResult], options: Options,
-                    args: argparse.Namespace) -> tuple[str, int]:
+                    args: argparse.Namespace, measured: dict[str, list[TargetResult]]) -> tuple[str, int]:
     sizes = options.render
     assert sizes is not None
     mine = results.get("minipacs") or results.get("external")
@@ -327,7 +348,7 @@ def _render_section(backend: str, results: dict[str, TargetResult], options: Opt
     ]
     notes += [note for r in results.values() if r.pixels for note in r.pixels.notes]
     notes.append("ratio = minipacs / Orthanc (latency and memory: lower is better)")
-    notes += _rounds_note(args)
+    notes += _rounds_note(args, measured, {})
     passed, failed = report.tally(rows)
     notes.append(f"targets: {passed} PASS, {failed} FAIL")
     title = f"{_pair_title(backend, args)}, rendering ({sizes.frames} frames for the memory figures)"

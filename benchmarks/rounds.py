@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from benchmarks.rendering import RenderFigure
@@ -87,3 +88,21 @@ def _summed_cpu(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
             for key, seconds in spent.items():
                 into[key] = into.get(key, 0.0) + seconds
     return total
+
+
+def per_round_ratios(mine: list[Any], theirs: list[Any], figures: dict[str, Callable[[Any], Throughput | None]]) -> str:
+    """Each round's minipacs / Orthanc throughput ratio per figure ("STOW-RS 4 clients 1.04x,
+    0.95x, 1.18x; ..."), so that a reader sees how far the rounds behind a median spread.
+    Figures missing from any round are left out."""
+    parts = []
+    for label, pick in figures.items():
+        ratios = []
+        for m, o in zip(mine, theirs, strict=True):
+            ours, other = pick(m), pick(o)
+            if ours is None or other is None or ours.seconds <= 0 or other.seconds <= 0 or not other.bytes:
+                break
+            ratios.append(f"{ours.bytes / ours.seconds / (other.bytes / other.seconds):.2f}x")
+        else:
+            if ratios:
+                parts.append(f"{label} {', '.join(ratios)}")
+    return "; ".join(parts)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.dimse import DimseResult
-from benchmarks.rounds import combine
+from benchmarks.__main__ import DICOMWEB_ROUND_FIGURES, DIMSE_ROUND_FIGURES
+from benchmarks.rounds import combine, per_round_ratios
 from benchmarks.runner import TargetResult
 from benchmarks.servers import Server
 from benchmarks.workloads import Latency, Throughput
@@ -47,6 +48,20 @@ def test_cpu_is_summed_memory_is_the_worst_peak_and_nested_results_combine() -> 
     assert result.dimse.move.seconds == 3.0  # the round without the figure does not count
     assert result.dimse.notes == ["n1.0"]
     assert result.server.dicomweb_url == "http://127.0.0.1/1.0"
+
+
+def test_each_rounds_ratio_is_listed_in_round_order() -> None:
+    """The note under a multi-round table: minipacs / Orthanc per round, from each round's own
+    pair of figures (not from the combined medians)."""
+    mine = [_round(2.0, [1.0], cpu=1, rss=1, move=1.0), _round(4.0, [1.0], cpu=1, rss=1, move=2.0),
+            _round(2.5, [1.0], cpu=1, rss=1, move=1.0)]
+    theirs = [_round(2.2, [1.0], cpu=1, rss=1, move=0.5), _round(3.0, [1.0], cpu=1, rss=1, move=0.5),
+              _round(2.5, [1.0], cpu=1, rss=1, move=0.5)]
+    assert per_round_ratios(mine, theirs, DICOMWEB_ROUND_FIGURES) == "STOW-RS 4 clients 1.10x, 0.75x, 1.00x"
+    assert per_round_ratios(mine, theirs, DIMSE_ROUND_FIGURES) == "C-MOVE 0.50x, 0.25x, 0.50x"
+    # A figure missing from one round (or one server) is left out rather than half listed.
+    theirs[1].dimse.move = None  # type: ignore[union-attr]
+    assert per_round_ratios(mine, theirs, DIMSE_ROUND_FIGURES) == ""
 
 
 def test_one_round_is_returned_as_is() -> None:
