@@ -87,6 +87,12 @@ _UINT32 = struct.Struct("<L")
 _IMPLICIT = struct.Struct("<HHL")
 _VR_OF = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}  # explicit VR bytes -> VR
 
+# Converted values by (tag, VR, raw bytes, character set), shared by every reader of the process.
+# Callers must not change what a FastHeader holds: its lists and JSON elements may be shared.
+_CONVERTED: dict[tuple[int, str, bytes, str], tuple[Any, dict[str, Any]]] = {}
+_REMEMBERED_VALUES = 8192  # entries; the memory is forgotten at once when full
+_REMEMBERED_VALUE_BYTES = 256  # longer values (LUTs, long text) are converted each time
+
 
 @dataclass
 class FastHeader:
@@ -189,13 +195,26 @@ class _Reader:
                 vrs[tag] = vr
                 pos = end
                 continue
-            raw = bytes(self.buf[pos:end])
+            value, json[key] = self._converted(tag, vr, bytes(self.buf[pos:end]))
             pos = end
-            value = self._value(tag, vr, raw)
             self._note(tag, value, creators)
             values[tag], vrs[tag] = value, vr
-            json[key] = _json_element(vr, value)
         return values, vrs, json, pos, None
+
+    def _converted(self, tag: int, vr: str, raw: bytes) -> tuple[Any, dict[str, Any]]:
+        """The value of ``raw`` and its DICOM JSON, remembered: the instances of a series repeat
+        nearly every value, so most are converted once per series rather than once per instance."""
+        key = (tag, vr, raw, self.encoding)
+        known = _CONVERTED.get(key)
+        if known is not None:
+            return known
+        value = self._value(tag, vr, raw)
+        known = (value, _json_element(vr, value))
+        if len(raw) <= _REMEMBERED_VALUE_BYTES:
+            if len(_CONVERTED) >= _REMEMBERED_VALUES:
+                _CONVERTED.clear()
+            _CONVERTED[key] = known
+        return known
 
     def _note(self, tag: int, value: Any, creators: dict[int, str]) -> None:
         if tag == 0x00080005:
@@ -328,10 +347,9 @@ class _Reader:
             else:
                 if vr in ("US", "SS") and tag in _US_SS_BY_PIXEL_REPRESENTATION and self.implicit:
                     raise Unsupported("ambiguous VR inside an item")
-                value = self._value(tag, vr, bytes(self.buf[pos:value_end]))
+                value, json[f"{tag:08X}"] = self._converted(tag, vr, bytes(self.buf[pos:value_end]))
                 if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
                     creators[tag] = value if isinstance(value, str) else ""
-                json[f"{tag:08X}"] = _json_element(vr, value)
             pos = value_end
         if end is None:
             raise Unsupported("an item of undefined length never ends")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -66,7 +67,11 @@ class ParsedInstance:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def metadata_json(self) -> str:
-        return json.dumps(self.metadata, separators=(",", ":"), ensure_ascii=False)
+        try:
+            # Several times faster than json for the few kilobytes of every stored instance.
+            return orjson.dumps(self.metadata).decode("utf-8")
+        except (orjson.JSONEncodeError, TypeError):  # e.g. an IS value beyond 64 bits
+            return json.dumps(self.metadata, separators=(",", ":"), ensure_ascii=False)
 
 
 def inspect_instance(path: Path) -> ParsedInstance:

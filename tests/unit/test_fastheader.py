@@ -164,6 +164,49 @@ def test_single_byte_character_sets(tmp_path: Path, charset: str | None) -> None
     assert_same(fast, general)
 
 
+def test_remembered_values_follow_the_bytes_and_the_character_set(tmp_path: Path) -> None:
+    """Values are converted once and remembered; an object whose bytes or character set differ
+    still gets its own values, in the top level and inside sequence items."""
+    from pacs.dicom import fastheader
+
+    utf8 = make_ct(8, SpecificCharacterSet="ISO_IR 192", PatientName="Jörg^Straß")
+    first, _ = read_both(write(tmp_path, utf8))
+    raw_name = "Jörg^Straß".encode("utf-8")
+    # The same bytes read as Latin-1: a remembered UTF-8 conversion must not be reused.
+    latin = make_ct(8, SpecificCharacterSet="ISO_IR 100")
+    latin.add_new(0x00100010, "PN", raw_name.decode("latin-1"))
+    item = Dataset()
+    item.AccessionNumber = "ACC-1"
+    latin.RequestAttributesSequence = Sequence([item])
+    second, general = read_both(write(tmp_path, latin))
+    again, _ = read_both(write(tmp_path, latin))
+    item.AccessionNumber = "ACC-2"
+    latin.PatientName = "Other^Name"
+    third, third_general = read_both(write(tmp_path, latin))
+    for fast, expected in ((second, general), (again, general), (third, third_general)):
+        assert isinstance(fast, instance.ParsedInstance)
+        assert_same(fast, expected)
+    assert isinstance(first, instance.ParsedInstance) and isinstance(second, instance.ParsedInstance)
+    assert first.metadata["00100010"]["Value"] == [{"Alphabetic": "Jörg^Straß"}]
+    assert second.metadata["00100010"]["Value"] == [{"Alphabetic": raw_name.decode("latin-1")}]
+    assert isinstance(third, instance.ParsedInstance)
+    assert third.metadata["00100010"]["Value"] == [{"Alphabetic": "Other^Name"}]
+    assert third.metadata["00400275"]["Value"][0]["00080050"]["Value"] == ["ACC-2"]
+    assert len(fastheader._CONVERTED) <= fastheader._REMEMBERED_VALUES
+
+
+def test_remembered_values_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacs.dicom import fastheader
+
+    monkeypatch.setattr(fastheader, "_REMEMBERED_VALUES", 10)
+    fastheader._CONVERTED.clear()
+    for n in range(3):
+        fast, general = read_both(write(tmp_path, make_ct(8, PatientName=f"Name^{n}")))
+        assert fast is not None
+        assert_same(fast, general)
+        assert 0 < len(fastheader._CONVERTED) <= 10
+
+
 def test_undefined_length_sequences_are_read_alike(tmp_path: Path) -> None:
     ds = edge_values()
     ds.RequestAttributesSequence.is_undefined_length = True

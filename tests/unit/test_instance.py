@@ -108,6 +108,25 @@ def test_metadata_is_pydicoms_json_with_bulk_data_uris(tmp_path: Path) -> None:
     assert parsed.metadata_json().startswith('{"00080005":')
 
 
+def test_metadata_json_holds_every_value_as_read(tmp_path: Path) -> None:
+    """Text beyond ASCII stays as it is, and an integer too large for the fast encoder (an
+    over-long IS value from the wild) is written all the same."""
+    import json
+
+    ds = make_ct(16, SpecificCharacterSet="ISO_IR 192", PatientName="Jörg^Straß", StudyDescription="CT \u2028 thorax")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the over-long IS
+        ds.add_new(0x00200013, "IS", "123456789012345678901")  # beyond 64 bits
+        path = save(tmp_path, ds)
+        parsed = inspect_instance(path)
+    text = parsed.metadata_json()
+    assert json.loads(text) == parsed.metadata
+    assert json.loads(text)["00200013"]["Value"] == [123456789012345678901]
+    assert "Jörg^Straß" in text
+    small = inspect_instance(save(tmp_path, make_ct(16, PatientName="Jörg^Straß"), "y.dcm"))
+    assert json.loads(small.metadata_json()) == small.metadata
+
+
 def test_non_conformant_values_are_kept_in_the_metadata(tmp_path: Path) -> None:
     # Legacy UIDs with a leading-zero component and odd strings are everywhere in the wild:
     # they must reach the metadata like pydicom reads them, even inside sequences.
