@@ -15,6 +15,7 @@ import threading
 from collections import deque
 
 from pacs.index.repository import CommitResult, IndexRepository, NewInstance
+from pacs.index.writer_lock import PendingSync
 
 MAX_GROUP = 128  # instances per transaction: bounds the time others wait on one commit
 
@@ -22,12 +23,13 @@ Results = list[CommitResult | Exception]
 
 
 class _Waiting:
-    __slots__ = ("done", "error", "items", "results")
+    __slots__ = ("done", "error", "items", "results", "taken")
 
     def __init__(self, items: list[NewInstance]) -> None:
         self.items = items
         self.results: Results = []
         self.error: BaseException | None = None
+        self.taken = False  # in a group being committed
         self.done = False
 
 
@@ -46,7 +48,7 @@ class GroupCommitter:
             self._waiting.append(mine)
         while True:
             with self._turn:
-                while self._committing and not mine.done:
+                while (self._committing or mine.taken) and not mine.done:
                     self._turn.wait()
                 if mine.done:
                     break
@@ -64,16 +66,28 @@ class GroupCommitter:
         while self._waiting and size + len(self._waiting[0].items) <= MAX_GROUP:
             size += len(self._waiting[0].items)
             group.append(self._waiting.popleft())
+        for entry in group:
+            entry.taken = True
         return group
 
     def _commit_group(self, group: list[_Waiting]) -> None:
         items = [item for entry in group for item in entry.items]
         results: Results = []
         error: BaseException | None = None
+        pending: PendingSync | None = None
         try:
-            results = self.index.commit_instances(items, self.policy)
+            with self.index.syncing_later() as pending:
+                results = self.index.commit_instances(items, self.policy)
         except BaseException as exc:  # noqa: BLE001 - every caller in the group learns of it, none hangs
             error = exc
+        with self._turn:
+            self._committing = False  # the next group commits while this one is synced
+            self._turn.notify_all()
+        if pending is not None:
+            try:
+                pending.wait()
+            except BaseException as exc:  # noqa: BLE001 - as above
+                error = exc
         with self._turn:
             start = 0
             for entry in group:
@@ -81,5 +95,4 @@ class GroupCommitter:
                 entry.results = results[start : start + len(entry.items)]
                 start += len(entry.items)
                 entry.done = True
-            self._committing = False
             self._turn.notify_all()

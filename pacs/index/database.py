@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from pacs.errors import DatabaseUnavailable
-from pacs.index.writer_lock import WriterLock
+from pacs.index.writer_lock import PendingSync, WriterLock
 
 IDLE_PING_SECONDS = 10.0
 SQLITE_BUSY_SECONDS = 30
@@ -59,7 +59,9 @@ def _sqlite_engine(url: str) -> Engine:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS})
     if on_disk:
-        _writer_locks[engine] = WriterLock(Path(f"{path}.writer-lock"), SQLITE_BUSY_SECONDS, Path(f"{path}-wal"))
+        _writer_locks[engine] = WriterLock(
+            Path(f"{path}.writer-lock"), SQLITE_BUSY_SECONDS, Path(f"{path}-wal"), database=Path(path)
+        )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -117,6 +119,14 @@ def make_durable(engine: Engine) -> None:
     lock = _writer_locks.get(engine)
     if lock is not None:
         lock.sync()
+
+
+def syncing_later(engine: Engine) -> AbstractContextManager[PendingSync | None]:
+    """Write transactions this thread runs within the block return before their commit is
+    synced; the caller calls ``wait()`` on what the block yields (None: nothing to sync, as on
+    PostgreSQL, which commits durably) before it reports them."""
+    lock = _writer_locks.get(engine)
+    return lock.deferring() if lock is not None else nullcontext(None)
 
 
 def writer_turn(engine: Engine) -> AbstractContextManager[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,11 @@ from pacs.dicom.frames import Layout
 from pacs.dicom.instance import ParsedInstance
 from pacs.dicom.query import Query
 from pacs.errors import DuplicateInstance, NotFound, StudyMismatch
-from pacs.index.database import make_durable, read_transaction, write_transaction
+from pacs.index.database import make_durable, read_transaction, syncing_later, write_transaction
 from pacs.index.fast_commit import FastCommit
 from pacs.index.schema import instances, patients, series, studies
 from pacs.index.search import compile_query, run_query, visible_studies
+from pacs.index.writer_lock import PendingSync
 
 
 class Outcome(enum.Enum):
@@ -63,6 +65,11 @@ class IndexRepository:
         self._fast = FastCommit(engine)  # new instances of known series, in plain SQL
 
     # ---- writes -------------------------------------------------------------------------
+    def syncing_later(self) -> AbstractContextManager[PendingSync | None]:
+        """Commits this thread makes within the block are made durable by the caller, with
+        ``wait()`` on what it yields (None: nothing to wait for); see database.syncing_later."""
+        return syncing_later(self.engine)
+
     def find_existing(self, sop_instance_uids: Iterable[str]) -> dict[str, tuple[str, str]]:
         """The given SOP Instance UIDs already indexed, each with its (study, series) UIDs."""
         uids = list(sop_instance_uids)

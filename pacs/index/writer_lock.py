@@ -13,9 +13,10 @@ The wait is bounded like SQLite's busy timeout: after ``timeout`` seconds the wr
 The write-ahead log is synced after the turn, not within it. SQLite runs with synchronous=NORMAL
 (a commit is written to the WAL but not synced), and a writer syncs the WAL file once it has
 handed the turn on, before its caller learns of the commit: the next writer's statements run
-during that sync instead of after it, and syncs of several writers overlap. A commit is durable
+during that sync instead of after it, and writers share syncs (log_syncs). A commit is durable
 once the WAL holding it is synced; if a checkpoint moved it on meanwhile, SQLite synced the WAL
 before and the database after that checkpoint (the guarantees of synchronous=NORMAL in WAL mode).
+A caller may also take the sync upon itself (``deferring``), to let others write meanwhile.
 """
 
 from __future__ import annotations
@@ -29,16 +30,36 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pacs.errors import DatabaseUnavailable
+from pacs.index.log_syncs import SharedLogSyncs, sync_log
 
 FIRST_PAUSE = 0.00005
 LONGEST_PAUSE = 0.0002
 
 
+class PendingSync:
+    """The turns a thread took while deferring their sync; ``wait`` makes them durable."""
+
+    def __init__(self, lock: WriterLock) -> None:
+        self._lock = lock
+        self.turns = 0
+        self.number: int | None = None  # the last commit's number, where writers share syncs
+
+    def note(self, number: int | None) -> None:
+        self.turns += 1
+        if number is not None:
+            self.number = number if self.number is None else max(self.number, number)
+
+    def wait(self) -> None:
+        if self.turns:
+            self._lock.sync_turn(self.number)
+
+
 class WriterLock:
-    def __init__(self, path: Path, timeout: float, wal: Path | None = None) -> None:
+    def __init__(self, path: Path, timeout: float, wal: Path | None = None, *, database: Path | None = None) -> None:
         self.path = path
         self.timeout = timeout
         self.wal = wal  # the write-ahead log to sync after each turn
+        self.syncs = SharedLogSyncs.for_database(database, wal) if wal is not None and database is not None else None
         self._reset()
         # A forked worker must not share the parent's open file (flock belongs to the open
         # file, so parent and child would both "hold" it) nor a thread lock held at the fork.
@@ -61,6 +82,7 @@ class WriterLock:
         deadline = time.monotonic() + self.timeout
         if not self._threads.acquire(timeout=self.timeout):
             raise DatabaseUnavailable("database unavailable: another writer in this process holds the database")
+        number: int | None = None
         try:
             fd = self._file()
             self._take(fd, deadline)
@@ -69,24 +91,48 @@ class WriterLock:
                 yield
             finally:
                 self._owner.depth = 0
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                try:
+                    if self.syncs is not None:
+                        number = self.syncs.committed()  # counted while the turn is still held
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
-        self.sync()
+        pending: PendingSync | None = getattr(self._owner, "pending", None)
+        if pending is not None:
+            pending.note(number)  # its caller syncs it
+        else:
+            self.sync_turn(number)
 
-    def sync(self) -> None:
-        """Make every commit written so far durable: sync the write-ahead log. A missing log
-        was checkpointed into the (synced) database and removed."""
+    @contextmanager
+    def deferring(self) -> Iterator[PendingSync]:
+        """Turns this thread takes within the block end without their sync: the caller makes
+        them durable with the PendingSync's ``wait`` before it reports them, and may first let
+        others write (group commit hands on to the next group meanwhile)."""
+        previous = getattr(self._owner, "pending", None)
+        pending = self._owner.pending = PendingSync(self)
+        try:
+            yield pending
+        finally:
+            self._owner.pending = previous
+
+    def sync_turn(self, number: int | None) -> None:
+        """Make a turn's commit durable: commit ``number`` where writers share syncs."""
         if self.wal is None:
             return
-        try:
-            fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        if self.syncs is None or number is None:
+            sync_log(self.wal)
+        else:
+            self.syncs.sync_through(number)
+
+    def sync(self) -> None:
+        """Make every commit written so far, by any writer, durable."""
+        if self.wal is None:
             return
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        if self.syncs is None:
+            sync_log(self.wal)
+        else:
+            self.syncs.sync_through(self.syncs.written())
 
     def _file(self) -> int:
         if self._fd is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -18,6 +19,9 @@ class RecordingIndex:
         self.batches: list[list[Any]] = []
         self.gate = gate
         self.fail = fail
+
+    def syncing_later(self) -> Any:
+        return contextlib.nullcontext(None)  # as on PostgreSQL: a commit is durable when it returns
 
     def commit_instances(self, items: list[Any], policy: str) -> list[Any]:
         if self.gate is not None:
@@ -105,3 +109,44 @@ def test_a_caller_behind_a_full_group_is_committed_in_the_next() -> None:
         thread.join(10)
     assert [len(b) for b in index.batches] == [1, 100, 100]  # 200 would pass MAX_GROUP (128)
     assert answers["c"] == [f"keep:c{k}" for k in range(100)]
+
+
+class HeldSync:
+    """A PendingSync whose wait lasts until the test lets it end."""
+
+    def __init__(self) -> None:
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def wait(self) -> None:
+        self.waiting.set()
+        assert self.release.wait(10)
+
+
+def test_the_next_group_commits_while_the_last_is_synced_and_callers_hear_only_after_their_sync() -> None:
+    syncs: list[HeldSync] = []
+
+    class SyncedLater(RecordingIndex):
+        def syncing_later(self) -> Any:
+            syncs.append(HeldSync())
+            return contextlib.nullcontext(syncs[-1])
+
+    index = SyncedLater()
+    committer = GroupCommitter(index, "keep")  # type: ignore[arg-type]
+    answers: dict[str, list[Any]] = {}
+    first = threading.Thread(target=lambda: answers.update(a=committer.commit(["a"])))  # type: ignore[list-item]
+    first.start()
+    while not syncs or not syncs[0].waiting.is_set():
+        threading.Event().wait(0.005)
+    second = threading.Thread(target=lambda: answers.update(b=committer.commit(["b"])))  # type: ignore[list-item]
+    second.start()
+    while len(syncs) < 2 or not syncs[1].waiting.is_set():  # committed while the first sync runs
+        threading.Event().wait(0.005)
+    assert index.batches == [["a"], ["b"]]
+    assert answers == {}  # neither hears of its commit before its sync has ended
+    syncs[1].release.set()
+    second.join(5)
+    assert answers == {"b": ["keep:b"]}
+    syncs[0].release.set()
+    first.join(5)
+    assert answers == {"a": ["keep:a"], "b": ["keep:b"]}

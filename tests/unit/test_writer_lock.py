@@ -147,7 +147,7 @@ def test_sqlite_defers_the_commit_sync_to_the_writer(tmp_path: Path, monkeypatch
     """Each write transaction on a database file ends with one sync of its log, by the writer."""
     from sqlalchemy import text
 
-    from pacs.index.database import make_durable, open_engine, write_transaction
+    from pacs.index.database import make_durable, open_engine, syncing_later, write_transaction
 
     engine = open_engine(f"sqlite:///{tmp_path / 'index.db'}")
     try:
@@ -166,7 +166,16 @@ def test_sqlite_defers_the_commit_sync_to_the_writer(tmp_path: Path, monkeypatch
         with write_transaction(engine) as conn:
             conn.execute(text("INSERT INTO t VALUES (1)"))
         assert [Path(p).name for p in synced] == ["index.db-wal"]
-        make_durable(engine)  # a reader about to report what others committed
+        make_durable(engine)  # everything committed is synced already
+        assert len(synced) == 1
+        with syncing_later(engine) as pending:  # a writer that has not synced its commit yet
+            with write_transaction(engine) as conn:
+                conn.execute(text("INSERT INTO t VALUES (2)"))
+        assert len(synced) == 1
+        make_durable(engine)  # a reader about to report what that writer committed
+        assert len(synced) == 2
+        assert pending is not None
+        pending.wait()  # synced already by the reader
         assert len(synced) == 2
     finally:
         engine.dispose()
