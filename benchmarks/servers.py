@@ -150,16 +150,35 @@ def _work_base() -> Path:
     return _base
 
 
+FAILED_LOGS = Path("bench-failed-logs")
+
+
 @contextmanager
 def temp_folder(prefix: str) -> Iterator[Path]:
+    """A folder removed when the run ends; when the block fails, its logs are kept first, in
+    FAILED_LOGS (under the current folder)."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=_work_base()))
     try:
         yield path
+    except BaseException:
+        _keep_logs(path)
+        raise
     finally:
         if _removal_deferred is not None:
             _removal_deferred.append(path)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _keep_logs(folder: Path) -> None:
+    for log in folder.rglob("*.log"):
+        kept = FAILED_LOGS / folder.name / log.relative_to(folder)
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, kept)
+        except OSError:
+            continue
+        print(f"[bench] the run failed: kept {kept}", file=sys.stderr)
 
 
 @contextmanager
