@@ -203,9 +203,12 @@ class FindClient:
             self.assoc.release()
 
     def echo(self) -> None:
+        began = time.monotonic()
         status = self.assoc.send_c_echo()
         if getattr(status, "Status", None) != 0:
-            raise BenchmarkError(f"C-ECHO failed: {status}")
+            state = "still established" if self.assoc.is_established else "aborted or released"
+            raise BenchmarkError(f"C-ECHO failed after {time.monotonic() - began:.1f} s (association {state}): "
+                                 f"status {status or 'none'}")
 
     def find(self, keys: dict[str, str]) -> list[Any]:
         """Send one study-level C-FIND; return the matches once the final response arrived."""

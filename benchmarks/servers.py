@@ -274,9 +274,22 @@ def running_minipacs(backend: str, workers: int, qido_max_limit: int, storage: s
         command = [sys.executable, "-m", "pacs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
         proc = stack.enter_context(running_process(command, env=source_env(env), cwd=data, log_name="minipacs.log"))
         wait_until_ready(f"http://127.0.0.1:{port}/health", proc, data / "minipacs.log")
+        stack.callback(_stacks_if_failed, proc)
         yield Server("minipacs", f"http://127.0.0.1:{port}/dicom-web", proc.pid,
                      f"{description}, {workers or 'one per core (auto)'} worker process(es)", helper_pids=helpers, database=database,
                      dicom_port=dicom_port, ae_title=MINIPACS_AE, receiver_port=receiver_port)
+
+
+def _stacks_if_failed(proc: subprocess.Popen[bytes]) -> None:
+    """When the run failed, every minipacs process writes its threads' stacks to the log (SIGUSR1),
+    which the failed run keeps: where a stuck server was waiting."""
+    if sys.exc_info()[0] is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGUSR1)
+    except OSError:
+        return
+    time.sleep(1.0)
 
 
 # ---- Orthanc ------------------------------------------------------------------------------

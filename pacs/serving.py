@@ -13,6 +13,7 @@ everything lives in the database and the blob store.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import os
@@ -173,6 +174,9 @@ def _tune_process(settings: Settings) -> None:
     """Process-wide settings of a serving process."""
     from pydicom import config as pydicom_config
 
+    # `kill -USR1 PID` writes every thread's stack to the log: what a stuck worker is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
     # Temp files (pynetdicom's received C-STORE data sets among them) go to the data volume: a
     # RAM-backed /tmp would hold whole instances in memory, and storing them would be a copy
     # instead of a rename.
@@ -219,6 +223,7 @@ def supervise(settings: Settings, listeners: Listeners, workers: int) -> int:
     """Fork `workers` workers over the listeners, replace any that dies, stop them all on SIGTERM
     or SIGINT. Returns the exit status for the command."""
     _import_application(settings)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)  # as in each worker
     gc.collect()
     gc.freeze()  # objects from before the fork stay out of the collector, so their pages stay shared
     children: dict[int, int] = {}  # pid -> worker number
