@@ -303,7 +303,9 @@ def _dimse_section(backend: str, results: dict[str, TargetResult], options: Opti
         (f"C-STORE: /usr/bin/storescu (dcmtk), one process per association, each sending a folder (`+sd`) of "
          f"files written beforehand ({options.instances} files over 1 association; {options.instances} others, a "
          f"quarter per process, over {dimse.PARALLEL}); the clock runs from the first process start to the last exit"),
-        (f"C-ECHO and C-FIND: a pynetdicom {_pynetdicom_version()} SCU in the benchmark process, Study Root, "
+        (f"C-ECHO and C-FIND: a pynetdicom {_pynetdicom_version()} SCU in the benchmark process (with minipacs's "
+         "reactor, pacs/dimse/reactor.py: stock pynetdicom polls every millisecond, and a request racing its "
+         "reactor could wait out the DIMSE timeout), Study Root, "
          f"{options.queries} queries of each kind after 2 warm-ups, all on one association; time from sending the "
          f"request to the final response, {len(dimse.FIND_KEYS)} return keys; the C-ECHO row is the round-trip "
          "floor of this client and the server's DIMSE stack"),

@@ -168,6 +168,25 @@ def _nodelay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_reactor_installed = False
+
+
+def _fix_pause_race() -> None:
+    """Give this client minipacs's reactor (pacs.dimse.reactor). Stock pynetdicom's association
+    thread marks itself paused on every turn of its loop, even while nothing pauses it: a request
+    sent in that instant can have its response taken by the loop as an unexpected message, and
+    then waits out the DIMSE timeout. A server that answers within a millisecond makes that
+    likely (seen here: a C-ECHO waiting 120 s). The reactor also waits for work instead of
+    polling every millisecond, which takes some of this client's own time out of the figures,
+    for both servers alike."""
+    global _reactor_installed
+    if not _reactor_installed:
+        from pacs.dimse import reactor
+
+        reactor.install()
+        _reactor_installed = True
+
+
 class FindClient:
     """A Study Root C-FIND / C-ECHO SCU (pynetdicom) holding one association open."""
 
@@ -178,6 +197,7 @@ class FindClient:
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        _fix_pause_race()
         # pynetdicom formats every message, PDU and identifier for its debug log whatever the
         # log level: time spent in this client, not in the server measured (same for both).
         _config.LOG_RESPONSE_IDENTIFIERS = False
