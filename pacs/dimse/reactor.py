@@ -34,7 +34,15 @@ IDLE_WAIT = 0.05  # seconds: the longest a reactor thread waits without being wo
 _REACTOR_SLEEP = 0.001  # what pynetdicom's loops sleep when idle
 
 
+_installed = False
+
+
 def install() -> None:
+    """Replace pynetdicom's waits, once per process (a second install would wrap the first)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
     association.time = _ReactorClock(association.time)  # type: ignore[assignment]
     dul_module.time = _ReactorClock(dul_module.time)  # type: ignore[assignment]
     provider = dul_module.DULServiceProvider

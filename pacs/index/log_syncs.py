@@ -23,9 +23,11 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _BOOT = struct.Struct("<16s")  # the boot ID of the machine whose commits the counters count
@@ -46,9 +48,12 @@ class SharedLogSyncs:
         self.wal = wal
         self.counters = counters
         self.boot = boot
+        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         self._reset()
-        # A forked worker opens its own descriptor: flock belongs to the open file.
-        os.register_at_fork(after_in_child=self._reset)
+        # A forked worker opens its own descriptor: flock belongs to the open file. Held weakly,
+        # so that counters nobody uses any more are collected and their descriptor closed.
+        at_fork_reset(self)
 
     @classmethod
     def for_database(cls, database: Path, wal: Path) -> SharedLogSyncs | None:
@@ -66,10 +71,17 @@ class SharedLogSyncs:
         return syncs
 
     def _reset(self) -> None:
+        """Fresh locks and no descriptor (a forked child leaves the parent's to the parent)."""
         self._threads = threading.Lock()
         self._ended = threading.Condition(threading.Lock())  # notified when a sync of this process ends
-        self._fd: int | None = None
-        self._map: mmap.mmap | None = None
+        self._fd = None
+        self._map = None
+
+    def __del__(self) -> None:
+        if self._map is not None:
+            self._map.close()
+        if self._fd is not None:
+            os.close(self._fd)
 
     def written(self) -> int:
         """How many commits have been written so far."""
@@ -143,6 +155,18 @@ class SharedLogSyncs:
                 raise
             self._fd = fd
         return self._fd, self._map
+
+
+def at_fork_reset(owner: Any) -> None:
+    """Call ``owner._reset()`` in a forked child, without keeping ``owner`` alive."""
+    ref = weakref.ref(owner)
+
+    def reset() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._reset()
+
+    os.register_at_fork(after_in_child=reset)
 
 
 def sync_log(wal: Path) -> None:

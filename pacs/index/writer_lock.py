@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pacs.errors import DatabaseUnavailable
-from pacs.index.log_syncs import SharedLogSyncs, sync_log
+from pacs.index.log_syncs import SharedLogSyncs, at_fork_reset, sync_log
 
 FIRST_PAUSE = 0.00005
 LONGEST_PAUSE = 0.0002
@@ -60,15 +60,21 @@ class WriterLock:
         self.timeout = timeout
         self.wal = wal  # the write-ahead log to sync after each turn
         self.syncs = SharedLogSyncs.for_database(database, wal) if wal is not None and database is not None else None
+        self._fd: int | None = None
         self._reset()
         # A forked worker must not share the parent's open file (flock belongs to the open
         # file, so parent and child would both "hold" it) nor a thread lock held at the fork.
-        os.register_at_fork(after_in_child=self._reset)
+        # Held weakly: a lock nobody uses any more is collected, and its descriptor closed.
+        at_fork_reset(self)
 
     def _reset(self) -> None:
         self._threads = threading.Lock()
-        self._fd: int | None = None
+        self._fd = None
         self._owner = threading.local()
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
 
     @contextmanager
     def held(self) -> Iterator[None]:

@@ -207,3 +207,30 @@ def test_a_failed_sync_reaches_its_writer_and_frees_the_others(tmp_path: Path,
     assert time.monotonic() - began < log_syncs.WAIT_LIMIT  # nobody waits for the failed sync
     with lock.syncs._counters() as values:
         assert values[log_syncs.SYNCED] == values[log_syncs.WRITTEN] == 2
+
+
+def test_engines_no_longer_used_give_back_their_descriptors(tmp_path: Path) -> None:
+    """A process that opens many databases over its life (a test run, an admin tool) must not
+    keep a lock file and a counters file open for each: past 1024 descriptors select() fails."""
+    import gc
+
+    from sqlalchemy import text
+
+    from pacs.index.database import open_engine, write_transaction
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def use_one(n: int) -> None:
+        engine = open_engine(f"sqlite:///{tmp_path / f'index{n}.db'}")
+        with write_transaction(engine) as conn:
+            conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        engine.dispose()
+
+    use_one(0)
+    gc.collect()
+    before = open_descriptors()
+    for n in range(1, 41):
+        use_one(n)
+    gc.collect()
+    assert open_descriptors() - before < 10
