@@ -168,9 +168,6 @@ def _nodelay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-_reactor_installed = False
-
-
 def _fix_pause_race() -> None:
     """Give this client minipacs's reactor (pacs.dimse.reactor). Stock pynetdicom's association
     thread marks itself paused on every turn of its loop, even while nothing pauses it: a request
@@ -178,13 +175,10 @@ def _fix_pause_race() -> None:
     then waits out the DIMSE timeout. A server that answers within a millisecond makes that
     likely (seen here: a C-ECHO waiting 120 s). The reactor also waits for work instead of
     polling every millisecond, which takes some of this client's own time out of the figures,
-    for both servers alike."""
-    global _reactor_installed
-    if not _reactor_installed:
-        from pacs.dimse import reactor
+    for both servers alike. Installs once per process."""
+    from pacs.dimse import reactor
 
-        reactor.install()
-        _reactor_installed = True
+    reactor.install()
 
 
 class FindClient:

@@ -120,9 +120,11 @@ class SharedLogSyncs:
 
     def _ended_sync(self, covered: int | None) -> None:
         with self._counters() as values:
-            if covered is not None:
+            if covered is None:  # failed: no sync is taken for running any more
+                values[BEGUN] = values[SYNCED]
+            else:
                 values[SYNCED] = max(values[SYNCED], covered)
-            values[BEGUN] = max(values[BEGUN], values[SYNCED]) if covered is not None else values[SYNCED]
+                values[BEGUN] = max(values[BEGUN], values[SYNCED])
         with self._ended:
             self._ended.notify_all()
 
