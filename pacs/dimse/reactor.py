@@ -32,6 +32,9 @@ from pynetdicom import dul as dul_module
 
 IDLE_WAIT = 0.05  # seconds: the longest a reactor thread waits without being woken
 _REACTOR_SLEEP = 0.001  # what pynetdicom's loops sleep when idle
+# On an association while its reactor waits for a message, set and read under the message
+# queue's lock: the upper layer may then serve a C-STORE itself (pacs.dimse.direct_store).
+IDLE_FLAG = "_minipacs_reactor_idle"
 
 
 _installed = False
@@ -206,7 +209,11 @@ def _wait_for_message(assoc: Any, timeout: float) -> None:
     waiting = assoc.dimse.msg_queue
     with waiting.not_empty:
         if not len(waiting.queue) and not assoc.__dict__.pop("_nudged", False):
-            waiting.not_empty.wait(timeout)
+            assoc.__dict__[IDLE_FLAG] = True
+            try:
+                waiting.not_empty.wait(timeout)
+            finally:
+                assoc.__dict__[IDLE_FLAG] = False
             assoc.__dict__.pop("_nudged", None)
         if len(waiting.queue):
             # A put wakes one waiter; it may have been this one while another thread (a

@@ -29,6 +29,9 @@ are replaced by equivalents that give the same results with less work:
   values are read from the raw elements here (pacs.dimse.command_set.received_values).
 - Every accepted association deep-copied the listener's 193 supported presentation contexts
   (50 ms); it now gets a list of the same ones, which negotiation only reads.
+- A C-STORE request went from the upper layer's thread to the reactor's to be served; the
+  upper layer serves it itself when nothing can overtake it (pacs.dimse.direct_store).
+- A socket whose shutdown failed (a connection the peer had reset) was not closed.
 
 The replaced functions were read in the pynetdicom versions listed in SUPPORTED; with any other
 version nothing is changed (stock pynetdicom works, only slower). tests/unit/test_dimse_tuning.py
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import ssl
 import struct
 import threading
@@ -65,7 +69,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from pacs.dicom.fastheader import read_meta
-from pacs.dimse import command_set, reactor, receiving, requesting
+from pacs.dimse import command_set, direct_store, reactor, receiving, requesting
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,7 @@ def apply() -> bool:
     DIMSEServiceProvider.send_msg = send_msg_batched  # type: ignore[method-assign]
     fsm.ACTIONS["DT-1"] = (fsm.ACTIONS["DT-1"][0], _send_p_data, "Sta6")
     AssociationSocket.send = send_all  # type: ignore[method-assign]
+    AssociationSocket._shutdown_socket = shutdown_and_close  # type: ignore[method-assign]
     reactor.install()
     requesting.install()
     transport.deepcopy = _share_contexts  # type: ignore[assignment]
@@ -101,6 +106,7 @@ def apply() -> bool:
     _ORIGINAL_TO_PRIMITIVE = dimse_messages.DIMSEMessage.message_to_primitive
     dimse_messages.DIMSEMessage.message_to_primitive = message_to_primitive  # type: ignore[method-assign]
     receiving.install()
+    direct_store.install()
     _applied = True
     return True
 
@@ -307,6 +313,23 @@ def send_all(self: AssociationSocket, bytestream: bytes) -> None:
         evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": bytestream})
     except Exception:  # noqa: BLE001 - as pynetdicom's send: any failure means the connection is gone
         self.event_queue.put("Evt17")  # transport connection closed
+
+
+def shutdown_and_close(self: AssociationSocket) -> None:
+    """pynetdicom's _shutdown_socket closes the socket only when its shutdown succeeds: a
+    connection the peer had reset (shutdown fails with ENOTCONN) kept its descriptor until the
+    socket object was collected, if ever."""
+    sock = self.socket
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 def sends_stored_bytes() -> bool:

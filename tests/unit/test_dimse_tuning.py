@@ -355,3 +355,20 @@ def test_messages_go_out_directly_only_with_nothing_queued_before_them(queued: i
         assert sink.ways == [way]
     finally:
         sink.plain.close()
+
+
+def test_a_connection_the_peer_reset_is_closed_all_the_same() -> None:
+    """pynetdicom skips the close when shutdown fails, as it does on a reset connection."""
+    import struct
+    from types import SimpleNamespace
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # a reset, not an orderly close
+    with pytest.raises(OSError):
+        accepted.recv(1)
+    tuning.shutdown_and_close(SimpleNamespace(socket=accepted))  # type: ignore[arg-type]
+    assert accepted.fileno() == -1
