@@ -12,7 +12,7 @@ import os
 import queue
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,17 @@ class StoreReport:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """What the receiver of a file to store still holds of it: its first bytes (HEAD_BYTES, or
+    the whole file when shorter), its size, and whether its content is synced to disk. The
+    header is read from ``head`` and a synced file is moved into storage without another sync."""
+
+    head: bytes
+    size: int
+    synced: bool = False
+
+
 class IngestService:
     def __init__(
         self, index: IndexRepository, blobs: BlobStore, *, duplicate_policy: str, temp_dir: Path,
@@ -97,32 +108,35 @@ class IngestService:
 
     def store_file(
         self, path: Path, *, consume: bool = False, expected_study: str | None = None,
-        announced: tuple[str, str] | None = None,
+        announced: tuple[str, str] | None = None, arrival: Arrival | None = None,
     ) -> StoreReport:
         """Store one file. ``announced`` is the (SOP Class, SOP Instance) UID pair a C-STORE
         command named: a data set carrying other UIDs is refused (PS3.7 9.1.1.1), since the peer
         reads our answer as the fate of the instance it named."""
-        return self.store_files([path], consume=consume, expected_study=expected_study, announced=announced)[0]
+        arrivals = {path: arrival} if arrival is not None else None
+        return self.store_files([path], consume=consume, expected_study=expected_study, announced=announced,
+                                arrivals=arrivals)[0]
 
     def store_files(
         self, paths: Sequence[Path], *, consume: bool = False, expected_study: str | None = None,
-        announced: tuple[str, str] | None = None,
+        announced: tuple[str, str] | None = None, arrivals: Mapping[Path, Arrival] | None = None,
     ) -> list[StoreReport]:
         """Store a batch; the index is written in one transaction for the whole batch.
         With ``consume`` the files are moved into storage (or deleted) whatever happens."""
         reports: list[StoreReport | None] = [None] * len(paths)
         pending: list[tuple[int, ParsedInstance, Path]] = []
         moved: set[Path] = set()  # consumed by the store: nothing left to remove
+        arrivals = arrivals or {}
         try:
             for i, path in enumerate(paths):
-                parsed, report = self._validate(path, expected_study, announced)
+                parsed, report = self._validate(path, expected_study, announced, arrivals.get(path))
                 if report is not None:
                     reports[i] = report
                 else:
                     assert parsed is not None
                     pending.append((i, parsed, path))
             self._skip_known_duplicates(pending, reports)
-            written = self._write_blobs(pending, reports, consume, moved)
+            written = self._write_blobs(pending, reports, consume, moved, arrivals)
             self._commit(written, reports)
         finally:
             if consume:
@@ -133,10 +147,10 @@ class IngestService:
         return [r for r in reports if r is not None]
 
     def _validate(
-        self, path: Path, expected_study: str | None, announced: tuple[str, str] | None
+        self, path: Path, expected_study: str | None, announced: tuple[str, str] | None, arrival: Arrival | None,
     ) -> tuple[ParsedInstance | None, StoreReport | None]:
         try:
-            parsed = inspect_instance(path)
+            parsed = inspect_instance(path) if arrival is None else inspect_instance(path, arrival.head, arrival.size)
         except InvalidDicom as exc:
             return None, StoreReport(str(path), error=exc)
         except OSError as exc:  # vanished or unreadable (an import source, not a STOW part)
@@ -175,13 +189,14 @@ class IngestService:
 
     def _write_blobs(
         self, pending: list[tuple[int, ParsedInstance, Path]], reports: list[StoreReport | None], consume: bool,
-        moved: set[Path],
+        moved: set[Path], arrivals: Mapping[Path, Arrival],
     ) -> list[tuple[int, NewInstance, Path]]:
         """Each pending instance's blob; a source moved into the store is added to ``moved``."""
         written = []
         for i, parsed, path in pending:
             try:
                 source, move = path, consume
+                arrival = arrivals.get(path)
                 if not parsed.has_part10_header:
                     source, move = self._with_part10_header(path, parsed), True
                     parsed = inspect_instance(source)
@@ -192,8 +207,9 @@ class IngestService:
                     source, move = compressed, True
                     parsed = inspect_instance(source)
                 key = blob_key(parsed)
+                synced = source is path and arrival is not None and arrival.synced
                 try:
-                    size = self.blobs.put_file(key, source, move=move)
+                    size = self.blobs.put_file(key, source, move=move, synced=synced)
                 except BaseException:
                     if move:
                         _unlink(source)

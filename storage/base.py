@@ -115,13 +115,15 @@ class RangeChunks(Iterator[bytes]):
 class BlobStore(Protocol):
     """Durable storage of whole files under opaque keys (see ``validate_key``)."""
 
-    def put_file(self, key: str, path: Path, *, move: bool = False) -> int:
+    def put_file(self, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         """Store the file at ``path`` under ``key`` durably; return its size.
 
         When ``move`` is True the store consumes the file (it is gone afterwards, whichever
         backend is used); otherwise the file is left untouched. Returns only once durable:
         fs = written to a temp file in the destination directory, fsync'd, atomically
         renamed, directory fsync'd; S3 = upload completed (multipart above ~16 MiB).
+        ``synced``: the caller has fsync'd the file's content already (a folder store moving
+        it then makes only the rename durable).
         """
         ...
 

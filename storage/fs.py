@@ -58,14 +58,14 @@ class FileBlobStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def put_file(self, key: str, path: Path, *, move: bool = False) -> int:
+    def put_file(self, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         dest = self._path(key)
         with self._errors(f"store {key!r}"):
             self._ensure_dir(dest.parent)
             if move:
                 # Measured before the rename: afterwards a concurrent put may own ``dest``.
                 size = Path(path).stat().st_size
-                if self._try_move(Path(path), dest):
+                if self._try_move(Path(path), dest, synced=synced):
                     return size
             size = self._write_atomically(dest, lambda tmp: shutil.copyfile(path, tmp))
             if move:
@@ -178,9 +178,10 @@ class FileBlobStore:
         _fsync_dir(dest.parent)
         return size
 
-    def _try_move(self, source: Path, dest: Path) -> bool:
+    def _try_move(self, source: Path, dest: Path, *, synced: bool = False) -> bool:
         """Rename ``source`` onto ``dest`` if both are on one filesystem; False otherwise."""
-        _fsync_path(source)
+        if not synced:
+            _fsync_path(source)
         try:
             os.replace(source, dest)
         except OSError as exc:

@@ -126,7 +126,7 @@ class S3BlobStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def put_file(self, key: str, path: Path, *, move: bool = False) -> int:
+    def put_file(self, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         name = self._name(key)
         with self._errors(f"upload {key!r}"):
             size = Path(path).stat().st_size

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 import pydicom
@@ -74,7 +74,16 @@ class ParsedInstance:
             return json.dumps(self.metadata, separators=(",", ":"), ensure_ascii=False)
 
 
-def inspect_instance(path: Path) -> ParsedInstance:
+def inspect_instance(path: Path, head: bytes | None = None, size: int | None = None) -> ParsedInstance:
+    """``head`` and ``size``: the file's first HEAD_BYTES (or all of it, when shorter) and its
+    size, held by a caller that has just written it. The header is then read from ``head``, and
+    the file opened only if more of it is needed (or for pydicom's general reading)."""
+    if head is not None and size is not None and size >= 132:
+        with _HeadFirst(path, head, size) as known:
+            try:
+                return _inspect_fast(cast(BinaryIO, known), size)
+            except Unsupported:
+                pass
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size >= 132:
@@ -83,6 +92,53 @@ def inspect_instance(path: Path) -> ParsedInstance:
             except Unsupported:
                 fh.seek(0)
         return _inspect_general(fh, size)
+
+
+class _HeadFirst:
+    """A file to read whose first bytes are in memory already: reads within them are served
+    from there, and the file is opened at the first read (or ``fileno``) that needs more."""
+
+    def __init__(self, path: Path, head: bytes, size: int) -> None:
+        self._path = path
+        self._head = head
+        self._size = size
+        self._pos = 0
+        self._file: BinaryIO | None = None
+
+    def read(self, count: int = -1) -> bytes:
+        if self._file is None:
+            end = self._size if count is None or count < 0 else min(self._pos + count, self._size)
+            if end <= len(self._head):
+                data = self._head[self._pos : end]
+                self._pos = max(self._pos, end)
+                return data
+        return self._opened().read(count)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if self._file is not None:
+            return self._file.seek(offset, whence)
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._file.tell() if self._file is not None else self._pos
+
+    def fileno(self) -> int:
+        return self._opened().fileno()
+
+    def _opened(self) -> BinaryIO:
+        if self._file is None:
+            self._file = open(self._path, "rb")  # noqa: SIM115 - closed by __exit__
+            self._file.seek(self._pos)
+        return self._file
+
+    def __enter__(self) -> _HeadFirst:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _inspect_fast(fh: BinaryIO, size: int) -> ParsedInstance:

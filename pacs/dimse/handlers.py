@@ -27,8 +27,10 @@ from pacs import errors
 from pacs.audit.trail import Action, Outcome, store_events
 from pacs.dimse import access, find_answers, status
 from pacs.dimse.identifiers import PATIENT_ROOT, STUDY_ROOT, identifier_from_row, query_from_identifier, retrieve_query
+from pacs.dimse.receiving import ReceivedFile
 from pacs.dimse.transcoding import UNCOMPRESSED, StoreAssociation
 from pacs.index.repository import StoredInstance
+from pacs.ingest import Arrival
 from pacs.security.policy import Operation
 from pacs.services import Services
 
@@ -109,7 +111,18 @@ def handle_store(event: Event, services: Services) -> int:
         return access.NOT_AUTHORIZED  # pynetdicom removes the received temp file
     request = cast(C_STORE, event.request)
     announced = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
-    report = services.ingest.store_file(event.dataset_path, consume=True, announced=announced)
+    received = getattr(request, "_dataset_file", None)
+    if not isinstance(received, ReceivedFile):
+        report = services.ingest.store_file(event.dataset_path, consume=True, announced=announced)
+    else:
+        try:
+            arrival: Arrival | None = received.arrival()
+        except OSError:  # the ingest syncs it itself, and words the failure
+            arrival = None
+        try:
+            report = services.ingest.store_file(event.dataset_path, consume=True, announced=announced, arrival=arrival)
+        finally:
+            received.release()  # moved into storage or deleted: pynetdicom has nothing left to remove
     code = status.SUCCESS if report.error is None else status.status_for(report.error, service="store")
     for audit_event in store_events(principal, "dimse", [report], code):
         services.audit.record(audit_event)

@@ -15,6 +15,7 @@ versions; tests/unit/test_dimse_receiving.py compares the results with pynetdico
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import tempfile
 from pathlib import Path
@@ -27,13 +28,14 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
+from pacs.dicom.instance import HEAD_BYTES
 from pacs.dimse import command_set
+from pacs.ingest import Arrival
 
 LOGGER = logging.getLogger("pynetdicom.dul")  # where pynetdicom logs the same failures
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 _P_DATA_TF = 0x04
 _ITEM_LENGTH = struct.Struct(">L")
-_TEMP_BUFFER = 1 << 16  # bytes; larger writes (every PDV of a big data set) go straight through
 
 # pynetdicom's own, kept before install() replaces them: the way taken when this one does not apply.
 PYNETDICOM_READ_PDU_DATA = DULServiceProvider._read_pdu_data
@@ -128,26 +130,55 @@ def read_pdu_data(self: Any) -> None:
 
 class ReceivedFile:
     """The temp file a chunked C-STORE data set is written to: what pynetdicom uses of its
-    NamedTemporaryFile (``write``, ``close``, ``name``), without its wrapper."""
+    NamedTemporaryFile (``write``, ``close``, ``name``), without its wrapper, written straight
+    to the descriptor (nearly every write is a whole PDV, larger than any useful buffer).
 
-    __slots__ = ("file", "name")
+    It keeps the file's first HEAD_BYTES in memory and counts its size: the handler hands both
+    to the ingest with the file (``arrival``), which reads the header from them rather than
+    from the file. Once the ingest has consumed the file (``release``), it is false, so that
+    pynetdicom neither closes nor deletes it again."""
+
+    __slots__ = ("_fd", "head", "name", "released", "size")
 
     def __init__(self) -> None:
-        fd, self.name = tempfile.mkstemp(suffix=".dcm")  # in tempfile.tempdir: the data volume
-        self.file = open(fd, "wb", buffering=_TEMP_BUFFER)  # noqa: SIM115 - closed by pynetdicom
+        self._fd = -1
+        self._fd, self.name = tempfile.mkstemp(suffix=".dcm")  # in tempfile.tempdir: the data volume
+        self.head = bytearray()
+        self.size = 0
+        self.released = False
 
     def write(self, data: bytes | memoryview) -> int:
-        return self.file.write(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.write(self._fd, view[written:])
+        self.size += written
+        return written
+
+    def arrival(self) -> Arrival:
+        """The file as the ingest takes it: its content synced to disk, its head and size."""
+        os.fsync(self._fd)
+        return Arrival(head=bytes(self.head), size=self.size, synced=True)
+
+    def release(self) -> None:
+        """The ingest has moved or deleted the file: close it, and leave it alone from now on."""
+        self.close()
+        self.released = True
 
     def close(self) -> None:
-        self.file.close()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __bool__(self) -> bool:
+        return not self.released
 
     def __del__(self) -> None:
         # pynetdicom leaves some of these files open (a C-GET's C-STORE sub-operations); its
         # NamedTemporaryFile closed itself when collected, so this one does too.
-        file = getattr(self, "file", None)
-        if file is not None:
-            file.close()
+        self.close()
 
 
 def decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> bool:
@@ -174,9 +205,7 @@ def decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> bool
             else:
                 self.data_set.write(data[1:])  # type: ignore[union-attr]
             if control & 2:
-                if self._data_set_file:
-                    self._data_set_file.file.flush()  # the handler reads it by its path
-                return True
+                return True  # (written unbuffered: the handler can read the file by its path now)
     return False
 
 

@@ -235,7 +235,7 @@ def test_storage_unavailable_answers_a700_and_writes_no_row(
     services = Services.build(sqlite_settings)
     try:
 
-        def broken_put(key: str, path: Path, *, move: bool = False) -> int:
+        def broken_put(key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
             raise StorageUnavailable("cannot store in the archive: No space left on device")
 
         monkeypatch.setattr(services.blobs, "put_file", broken_put)

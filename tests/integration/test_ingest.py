@@ -288,7 +288,7 @@ def test_unexpected_index_error_removes_written_blobs_and_propagates(
 def test_storage_failure_writes_no_row(
     services: Services, ingest: IngestService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: Any, key: str, path: Path, *, move: bool = False) -> int:
+    def broken(self: Any, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         raise StorageUnavailable("cannot store: no space left on device")
 
     monkeypatch.setattr(type(services.blobs), "put_file", broken)
@@ -303,7 +303,7 @@ def test_storage_failure_writes_no_row(
 def test_os_error_while_writing_is_a_storage_failure(
     services: Services, ingest: IngestService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: Any, key: str, path: Path, *, move: bool = False) -> int:
+    def broken(self: Any, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(type(services.blobs), "put_file", broken)
@@ -379,3 +379,28 @@ def test_concurrent_batches_creating_the_same_patients_in_opposite_orders(servic
         assert all(r.outcome == Outcome.STORED for r in results["a"] + results["b"])
     patients = services.index.search(Query(level=Level.PATIENT, limit=None))
     assert len({row["patient_id"] for row in patients}) == 6 * 40
+
+
+def test_a_receiver_s_synced_file_is_moved_without_another_sync(
+    services: Services, ingest: IngestService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a receiver hands over with its file (head, size, synced) spares the ingest a read
+    of the header and, in a folder store, the sync of the moved file; the result is the same."""
+    import storage.fs
+    from pacs.dicom.instance import HEAD_BYTES
+    from pacs.ingest import Arrival
+
+    synced_paths: list[Path] = []
+    real_sync = storage.fs._fsync_path
+    monkeypatch.setattr(storage.fs, "_fsync_path", lambda path: (synced_paths.append(path), real_sync(path)))
+    first, second = make_series(2)
+    [received, plain] = write(tmp_path / "in", first, second)
+    data = received.read_bytes()
+    report = ingest.store_file(received, consume=True, arrival=Arrival(data[:HEAD_BYTES], len(data), synced=True))
+    assert report.outcome is Outcome.STORED and not received.exists()
+    assert stored_blob(services, first) == data
+    if services.settings.storage_url.startswith("s3"):
+        return
+    assert synced_paths == []
+    assert ingest.store_file(plain, consume=True).outcome is Outcome.STORED
+    assert synced_paths == [plain]  # without an arrival, the move syncs the file itself

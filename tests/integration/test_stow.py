@@ -560,9 +560,9 @@ def test_failed_index_commit_reports_a700_and_removes_the_blob(
     written: list[str] = []
     real_put = type(services.blobs).put_file
 
-    def spy_put(self: Any, key: str, path: Path, *, move: bool = False) -> int:
+    def spy_put(self: Any, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         written.append(key)
-        return real_put(self, key, path, move=move)
+        return real_put(self, key, path, move=move, synced=synced)
 
     def broken_commit(self: IndexRepository, items: Any, policy: str) -> Any:
         raise DatabaseUnavailable("database unavailable: disk I/O error")
@@ -587,7 +587,7 @@ def test_failed_blob_write_writes_no_row(local: tuple[TestClient, Services], mon
     commits: list[int] = []
     real_commit = IndexRepository.commit_instances
 
-    def broken_put(self: Any, key: str, path: Path, *, move: bool = False) -> int:
+    def broken_put(self: Any, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         raise StorageUnavailable("cannot store in the archive: No space left on device")
 
     def spy_commit(self: IndexRepository, items: Any, policy: str) -> Any:
@@ -615,10 +615,10 @@ def test_failed_blob_write_of_one_instance_spares_the_others(
     doomed = instances[1].SOPInstanceUID
     real_put = type(services.blobs).put_file
 
-    def flaky_put(self: Any, key: str, path: Path, *, move: bool = False) -> int:
+    def flaky_put(self: Any, key: str, path: Path, *, move: bool = False, synced: bool = False) -> int:
         if doomed in key:
             raise StorageUnavailable("cannot store: I/O error")
-        return real_put(self, key, path, move=move)
+        return real_put(self, key, path, move=move, synced=synced)
 
     monkeypatch.setattr(type(services.blobs), "put_file", flaky_put)
     answer = post(client, instances)

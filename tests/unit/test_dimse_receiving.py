@@ -4,6 +4,7 @@ assembled messages from the same bytes."""
 from __future__ import annotations
 
 import io
+import os
 import queue
 import socket
 import struct
@@ -201,8 +202,30 @@ def test_received_files_close_themselves_when_dropped(tmp_path: Path, monkeypatc
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     received = receiving.ReceivedFile()
     received.write(b"abc")
-    file = received.file
+    descriptor = received._fd
     del received
-    assert file.closed
+    with pytest.raises(OSError):
+        os.fstat(descriptor)
     [written] = tmp_path.iterdir()
     assert written.read_bytes() == b"abc"
+
+
+def test_a_received_file_keeps_its_head_and_size_for_the_ingest(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacs.dicom.instance import HEAD_BYTES
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    synced: list[int] = []
+    monkeypatch.setattr(receiving.os, "fsync", lambda fd: synced.append(fd))
+    received = receiving.ReceivedFile()
+    chunks = [b"a" * 100, bytes(range(256)) * 100, b"z" * 50_000]
+    for chunk in chunks:
+        received.write(memoryview(chunk))
+    arrival = received.arrival()
+    whole = b"".join(chunks)
+    assert synced == [received._fd]
+    assert arrival.synced and arrival.size == len(whole) and arrival.head == whole[:HEAD_BYTES]
+    assert Path(received.name).read_bytes() == whole
+    assert received  # pynetdicom still removes it, unless the ingest has taken it
+    received.release()
+    assert not received and received._fd == -1

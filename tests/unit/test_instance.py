@@ -422,3 +422,45 @@ def test_inspection_is_safe_from_several_threads(tmp_path: Path) -> None:
         thread.join()
     assert errors == []
     assert [results[i] for i in range(16)] == [pydicom.dcmread(p).SOPInstanceUID for p in paths]
+
+
+# ---- read from the bytes a receiver still holds -----------------------------------------------
+
+
+def _as_received(path: Path, head_bytes: int) -> tuple[bytes, int]:
+    data = path.read_bytes()
+    return data[:head_bytes], len(data)
+
+
+def test_a_header_held_in_memory_is_read_without_the_file(tmp_path: Path) -> None:
+    """A native instance whose header and pixel element start lie within the held bytes needs
+    no file at all; what is read equals what reading the file gives."""
+    from pacs.dicom.instance import HEAD_BYTES
+
+    path = save(tmp_path, make_ct(128))
+    head, size = _as_received(path, HEAD_BYTES)
+    assert size > len(head)  # the file holds more than the head
+    from_file = inspect_instance(path)
+    from_memory = inspect_instance(tmp_path / "not-there.dcm", head, size)
+    assert from_memory.metadata_json() == from_file.metadata_json()
+    assert (from_memory.layout, from_memory.pixel_offset, from_memory.pixel_length) == (
+        from_file.layout, from_file.pixel_offset, from_file.pixel_length)
+
+
+@pytest.mark.parametrize("head_bytes", [200, 16384])
+def test_whatever_the_held_bytes_miss_is_read_from_the_file(tmp_path: Path, head_bytes: int) -> None:
+    """Encapsulated frames lie past any head, a short head misses part of the header: the
+    file supplies the rest, with the same result."""
+    frames = [b"\xff\xd8" + bytes([i]) * 20 + b"\xff\xd9" for i in range(3)]
+    path = save(tmp_path, _encapsulated(JPEGBaseline8Bit, frames, fragments_per_frame=2))
+    head, size = _as_received(path, head_bytes)
+    parsed = inspect_instance(path, head, size)
+    assert parsed.metadata_json() == inspect_instance(path).metadata_json()
+    assert parsed.layout is not None and frames_from_file(path, parsed.layout) == frames
+
+
+def test_a_truncated_file_is_refused_from_the_held_bytes_too(tmp_path: Path) -> None:
+    data = to_bytes(make_ct(64))
+    path = save(tmp_path, data[:-100])
+    with pytest.raises(InvalidDicom, match="truncated"):
+        inspect_instance(path, data[:16384], len(data) - 100)
