@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -331,10 +332,15 @@ def _instance_values(item: NewInstance) -> dict[str, Any]:
         "blob_key": item.blob_key,
         "blob_size": item.blob_size,
         "metadata_json": parsed.metadata_json(),
-        "frame_layout": json.dumps(parsed.layout, separators=(",", ":")) if parsed.layout else None,
+        "frame_layout": _layout_json(parsed.layout) if parsed.layout else None,
         "pixel_offset": parsed.pixel_offset,
         "pixel_length": parsed.pixel_length,
     }
+
+
+def _layout_json(layout: Layout) -> str:
+    """Compact JSON, as json.dumps(separators=(",", ":")) writes it, several times faster."""
+    return orjson.dumps(layout).decode("utf-8")
 
 
 def _get_or_create(conn: Connection, table: Table, keys: tuple[str, ...], values: dict[str, Any]) -> int:

@@ -464,3 +464,16 @@ def test_a_truncated_file_is_refused_from_the_held_bytes_too(tmp_path: Path) -> 
     path = save(tmp_path, data[:-100])
     with pytest.raises(InvalidDicom, match="truncated"):
         inspect_instance(path, data[:16384], len(data) - 100)
+
+
+def test_stored_layouts_are_the_json_json_writes(tmp_path: Path) -> None:
+    import json
+
+    from pacs.index.repository import _layout_json
+
+    frames = [b"\xff\xd8" + bytes([i]) * 20 + b"\xff\xd9" for i in range(3)]
+    encapsulated = inspect_instance(save(tmp_path, _encapsulated(JPEGBaseline8Bit, frames), "e.dcm")).layout
+    native = inspect_instance(save(tmp_path, make_ct(16), "n.dcm")).layout
+    for layout in (encapsulated, native):
+        assert layout is not None
+        assert _layout_json(layout) == json.dumps(layout, separators=(",", ":"))
