@@ -9,7 +9,10 @@ every millisecond to take the GIL from it. Here each waits for its own work:
 - the reactor for a decoded message, a primitive from the peer (release, abort), a pause asked
   by a sending thread, or the end of the upper layer, each of which wakes it (``_nudge``);
 - the upper layer for bytes on the socket, a PDU queued to send, or the order to stop, each of
-  which rings its bell (a socket pair it selects on with the socket).
+  which rings its bell (a socket pair it polls with the socket).
+
+The upper layer waits with poll(), and pynetdicom's readiness check of the socket polls too:
+select() refuses descriptors of 1024 and above.
 
 Both still look around every IDLE_WAIT seconds, for what nothing wakes them for: the network
 timeout, and the ARTIM timer (the upper layer's wait ends when it expires). Installed by
@@ -27,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import association
+from pynetdicom import association, transport
 from pynetdicom import dul as dul_module
 
 IDLE_WAIT = 0.05  # seconds: the longest a reactor thread waits without being woken
@@ -56,6 +59,7 @@ def install() -> None:
     association.Association.__init__ = _with_checkpoint(association.Association.__init__)  # type: ignore[method-assign]
     association.Association._is_paused = property(_get_paused, _set_paused)  # type: ignore[assignment]
     association.Association.kill = _nudging_kill(association.Association.kill)  # type: ignore[method-assign,assignment]
+    transport.AssociationSocket.ready = property(_ready)  # type: ignore[method-assign,assignment]
 
 
 class _Checkpoint:
@@ -242,12 +246,41 @@ def _wait_for_data(provider: Any, timeout: float) -> None:
     if getattr(provider, "_kill_thread", False) or _has_items(provider, "to_provider_queue") or _has_items(provider, "event_queue"):
         return
     try:
-        readable, _, _ = select.select([sock, bell[0]], [], [], timeout)
+        readable = ready_to_read([sock, bell[0]], timeout)
     except (OSError, ValueError):  # closed meanwhile: the loop finds out itself
         time.sleep(min(timeout, _REACTOR_SLEEP))
         return
-    if bell[0] in readable:
+    if bell[0].fileno() in readable:
         _silence(bell[0])
+
+
+def ready_to_read(sockets: list[Any], timeout: float) -> set[int]:
+    """The descriptors of ``sockets`` with bytes to read, or an end or error to report, within
+    ``timeout`` seconds: select() as pynetdicom uses it, by poll(), since select() refuses
+    descriptors of 1024 and above (a busy worker has that many open) and pynetdicom then takes
+    the connection for closed and aborts the association."""
+    waiting = select.poll()
+    for sock in sockets:
+        waiting.register(sock, _READABLE)
+    return {fd for fd, _ in waiting.poll(max(0, int(timeout * 1000)))}
+
+
+_READABLE = select.POLLIN | select.POLLPRI  # errors and hang-ups are reported whatever is asked
+
+
+def _ready(self: Any) -> bool:
+    """pynetdicom's AssociationSocket.ready (data to read, checked without waiting) by poll()."""
+    sock = self.socket
+    if sock is None or self._is_connected is False:
+        return False
+    try:
+        ready = bool(ready_to_read([sock], 0))
+    except (OSError, TimeoutError, ValueError):
+        self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom's own
+        return False
+    if isinstance(sock, ssl.SSLSocket):
+        return ready or bool(sock.pending())  # TLS bytes already read from the socket
+    return ready
 
 
 def _has_items(provider: Any, name: str) -> bool:

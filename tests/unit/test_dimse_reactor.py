@@ -248,3 +248,42 @@ def test_a_nudge_before_the_wait_is_not_lost() -> None:
     began = time.monotonic()
     reactor._wait_for_message(assoc, 0.2)  # the nudge was used up
     assert time.monotonic() - began >= 0.15
+
+
+def test_associations_on_descriptors_past_1024_are_served() -> None:
+    """select() refuses descriptors of 1024 and above; pynetdicom took such a connection for
+    closed and aborted it. A worker with many connections and files open gets there."""
+    import os
+    import resource
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1400:
+        pytest.skip(f"at most {hard} open files allowed")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1400), hard))
+    fillers: list[int] = []
+    try:
+        while not fillers or fillers[-1] < 1100:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        assert tuning.apply()
+        scp = AE()
+        scp.add_supported_context(Verification)
+        seen: list[int] = []
+        server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+            (evt.EVT_C_ECHO, lambda event: (seen.append(event.assoc.dul.socket.socket.fileno()), 0x0000)[1])])
+        try:
+            scu = AE()
+            scu.add_requested_context(Verification)
+            assoc = scu.associate("127.0.0.1", server.server_address[1])
+            assert assoc.is_established
+            assert [assoc.send_c_echo().Status for _ in range(3)] == [0x0000] * 3
+            assoc.release()
+        finally:
+            server.shutdown()
+        assert seen and min(seen) >= 1024
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
