@@ -19,7 +19,8 @@ from dicomweb.multipart import PartData, PartEnd, PartStart, iter_parts
 from dicomweb.responses import base_url, dicom_json_response
 from pacs import errors
 from pacs.audit.trail import store_events
-from pacs.ingest import StoreReport
+from pacs.dicom.instance import HEAD_BYTES
+from pacs.ingest import Arrival, StoreReport
 from pacs.security.http import principal_of
 from pacs.services import Services
 from pacs.threads import run_blocking
@@ -44,26 +45,52 @@ def failure_reason(exc: errors.PacsError) -> int:
     return PROCESSING_FAILURE
 
 
+class PartFile:
+    """A part's temp file, buffered; it keeps the part's first HEAD_BYTES and counts its size,
+    which the ingest takes with the file instead of reading its header back (Arrival)."""
+
+    def __init__(self, fd: int) -> None:
+        # Chunks at least this large bypass the buffer: written straight through, never copied.
+        self.file = os.fdopen(fd, "wb", buffering=1 << 16)
+        self.head = bytearray()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        self.file.write(data)
+        self.size += len(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def arrival(self) -> Arrival:
+        return Arrival(head=bytes(self.head), size=self.size)
+
+
 @dataclass
 class StowRun:
     services: Services
     expected_study: str | None
     reports: list[StoreReport] = field(default_factory=list)
     pending: list[Path] = field(default_factory=list)
+    arrivals: dict[Path, Arrival] = field(default_factory=dict)
 
     async def flush(self) -> None:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        arrivals, self.arrivals = self.arrivals, {}
         self.reports += await run_blocking(
-            self.services.ingest.store_files, batch, consume=True, expected_study=self.expected_study
+            self.services.ingest.store_files, batch, consume=True, expected_study=self.expected_study,
+            arrivals=arrivals,
         )
 
 
 async def store(request: Request, services: Services, study: str | None) -> Response:
     boundary = _request_boundary(request.headers.get("content-type", ""))
     run = StowRun(services, study)
-    current: Any = None
+    current: PartFile | None = None
     current_path: Path | None = None
     try:
         try:
@@ -75,6 +102,7 @@ async def store(request: Request, services: Services, study: str | None) -> Resp
                 elif isinstance(event, PartEnd) and current is not None:
                     current.close()
                     run.pending.append(current_path)  # type: ignore[arg-type]
+                    run.arrivals[current_path] = current.arrival()  # type: ignore[index]
                     current, current_path = None, None
                     if len(run.pending) >= BATCH:
                         await run.flush()
@@ -115,7 +143,7 @@ def _request_boundary(content_type: str) -> str:
     return boundary_of(parsed)
 
 
-async def _open_part(services: Services, headers: dict[str, str], run: StowRun) -> tuple[Any, Path | None]:
+async def _open_part(services: Services, headers: dict[str, str], run: StowRun) -> tuple[PartFile | None, Path | None]:
     """A temp file for the next part, or (None, None) when the part is not application/dicom.
     One made beforehand, else one created in a worker thread: under sync load, creating a file
     waits on the filesystem journal, and the event loop must keep reading other requests."""
@@ -126,8 +154,7 @@ async def _open_part(services: Services, headers: dict[str, str], run: StowRun) 
         return None, None
     spare = services.ingest.spare_temp_file()
     fd, path = spare if spare is not None else await run_blocking(services.ingest.temp_file)
-    # Chunks at least this large bypass the buffer: written straight through, never copied.
-    return os.fdopen(fd, "wb", buffering=1 << 16), path
+    return PartFile(fd), path
 
 
 def _media_type(value: str) -> str | None:

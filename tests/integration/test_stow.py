@@ -812,3 +812,29 @@ def test_overwrite_corrects_patient_and_study_attributes(tmp_path: Path, request
             assert study["00100020"]["Value"] == ["NEW-ID"]
             assert study["00081030"]["Value"] == ["CT HEAD W/O"]
             assert client.get("/dicom-web/studies", params={"PatientID": "OLD-ID"}).json() == []
+
+
+def test_parts_reach_the_ingest_with_their_head_and_size(
+    local: tuple[TestClient, Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest reads each part's header from the bytes STOW kept while writing it."""
+    from pacs.dicom.instance import HEAD_BYTES
+    from pacs.ingest import IngestService
+
+    client, services = local
+    seen: list[tuple[bytes, bytes, int]] = []
+    real_store = IngestService.store_files
+
+    def spy(self: IngestService, paths: Any, **options: Any) -> Any:
+        for path in paths:
+            arrival = options["arrivals"][path]
+            seen.append((path.read_bytes(), arrival.head, arrival.size))
+        return real_store(self, paths, **options)
+
+    monkeypatch.setattr(IngestService, "store_files", spy)
+    instances = [make_ct(128), make_ct(8)]
+    assert post(client, instances).status_code == 200
+    assert len(seen) == 2
+    for data, head, size in seen:
+        assert size == len(data) and head == data[:HEAD_BYTES]
+    assert len(seen[0][1]) == HEAD_BYTES and len(seen[1][1]) == seen[1][2]  # a short part is kept whole
