@@ -19,8 +19,7 @@ from dicomweb.multipart import PartData, PartEnd, PartStart, iter_parts
 from dicomweb.responses import base_url, dicom_json_response
 from pacs import errors
 from pacs.audit.trail import store_events
-from pacs.dicom.instance import HEAD_BYTES
-from pacs.ingest import Arrival, StoreReport
+from pacs.ingest import Arrival, ArrivalNotes, StoreReport
 from pacs.security.http import principal_of
 from pacs.services import Services
 from pacs.threads import run_blocking
@@ -46,26 +45,23 @@ def failure_reason(exc: errors.PacsError) -> int:
 
 
 class PartFile:
-    """A part's temp file, buffered; it keeps the part's first HEAD_BYTES and counts its size,
-    which the ingest takes with the file instead of reading its header back (Arrival)."""
+    """A part's temp file, buffered; its head and size go to the ingest with it (Arrival), which
+    then need not read the header back."""
 
     def __init__(self, fd: int) -> None:
         # Chunks at least this large bypass the buffer: written straight through, never copied.
         self.file = os.fdopen(fd, "wb", buffering=1 << 16)
-        self.head = bytearray()
-        self.size = 0
+        self.notes = ArrivalNotes()
 
     def write(self, data: bytes) -> None:
-        if len(self.head) < HEAD_BYTES:
-            self.head += data[: HEAD_BYTES - len(self.head)]
         self.file.write(data)
-        self.size += len(data)
+        self.notes.wrote(data)
 
     def close(self) -> None:
         self.file.close()
 
     def arrival(self) -> Arrival:
-        return Arrival(head=bytes(self.head), size=self.size)
+        return self.notes.arrival(synced=False)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
 from pacs.dicom.attributes import Level
-from pacs.dicom.instance import ParsedInstance, inspect_instance
+from pacs.dicom.instance import HEAD_BYTES, ParsedInstance, inspect_instance
 from pacs.errors import (
     DuplicateInstance,
     InstanceMismatch,
@@ -66,6 +66,24 @@ class Arrival:
     head: bytes
     size: int
     synced: bool = False
+
+
+class ArrivalNotes:
+    """What a writer of a file to store notes of it as it writes: its head and its size."""
+
+    __slots__ = ("head", "size")
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.size = 0
+
+    def wrote(self, data: bytes | memoryview) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        self.size += len(data)
+
+    def arrival(self, *, synced: bool) -> Arrival:
+        return Arrival(head=bytes(self.head), size=self.size, synced=synced)
 
 
 class IngestService:

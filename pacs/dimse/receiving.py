@@ -28,9 +28,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from pacs.dicom.instance import HEAD_BYTES
 from pacs.dimse import command_set
-from pacs.ingest import Arrival
+from pacs.ingest import Arrival, ArrivalNotes
 
 LOGGER = logging.getLogger("pynetdicom.dul")  # where pynetdicom logs the same failures
 _PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -138,29 +137,26 @@ class ReceivedFile:
     from the file. Once the ingest has consumed the file (``release``), it is false, so that
     pynetdicom neither closes nor deletes it again."""
 
-    __slots__ = ("_fd", "head", "name", "released", "size")
+    __slots__ = ("_fd", "name", "notes", "released")
 
     def __init__(self) -> None:
-        self._fd = -1
+        self._fd = -1  # what __del__ finds should mkstemp fail
         self._fd, self.name = tempfile.mkstemp(suffix=".dcm")  # in tempfile.tempdir: the data volume
-        self.head = bytearray()
-        self.size = 0
+        self.notes = ArrivalNotes()
         self.released = False
 
     def write(self, data: bytes | memoryview) -> int:
-        if len(self.head) < HEAD_BYTES:
-            self.head += data[: HEAD_BYTES - len(self.head)]
         view = memoryview(data)
         written = 0
         while written < len(view):
             written += os.write(self._fd, view[written:])
-        self.size += written
+        self.notes.wrote(view)
         return written
 
     def arrival(self) -> Arrival:
         """The file as the ingest takes it: its content synced to disk, its head and size."""
         os.fsync(self._fd)
-        return Arrival(head=bytes(self.head), size=self.size, synced=True)
+        return self.notes.arrival(synced=True)
 
     def release(self) -> None:
         """The ingest has moved or deleted the file: close it, and leave it alone from now on."""
